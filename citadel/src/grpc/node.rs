@@ -1,0 +1,143 @@
+//! `citadel.ca.v1.NodeCa`: attestation, renewal, workload SVIDs, bundle and entry watches.
+use std::pin::Pin;
+use std::time::UNIX_EPOCH;
+
+use citadel_api::ca::node_ca_server::NodeCa;
+use citadel_api::ca::{
+    self, AttestNodeRequest, CsrRequest, EntryList, SvidResponse, TrustBundleRequest,
+    WatchEntriesRequest,
+};
+use futures::Stream;
+use pki::identity::node_name;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tonic::{Request, Response, Status};
+
+use super::{bundle_message, context, entry_message, ttl_from};
+use crate::service::{CaService, Caller, Issued};
+
+/// The NodeCa gRPC service.
+#[derive(Debug, Clone)]
+pub struct NodeApi {
+    pub service: CaService,
+}
+
+fn svid_response(issued: Issued) -> Response<SvidResponse> {
+    Response::new(SvidResponse {
+        spiffe_id: issued.svid.spiffe_id().to_string(),
+        cert_chain: issued.svid.chain().iter().map(|c| c.to_vec()).collect(),
+        bundle: Some(bundle_message(&issued.bundle)),
+        expires_at_unix: issued
+            .svid
+            .not_after()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64,
+    })
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeCa for NodeApi {
+    async fn attest_node(
+        &self,
+        req: Request<AttestNodeRequest>,
+    ) -> Result<Response<SvidResponse>, Status> {
+        let ctx = context(&req, "AttestNode");
+        let body = req.into_inner();
+        Ok(svid_response(self.service.attest_node(
+            &ctx,
+            &body.csr,
+            &body.join_token,
+        )?))
+    }
+
+    async fn renew_svid(&self, req: Request<CsrRequest>) -> Result<Response<SvidResponse>, Status> {
+        let ctx = context(&req, "RenewSvid");
+        let body = req.into_inner();
+        Ok(svid_response(self.service.renew(
+            &ctx,
+            &body.csr,
+            ttl_from(body.ttl_seconds)?,
+        )?))
+    }
+
+    async fn mint_x509_svid(
+        &self,
+        req: Request<CsrRequest>,
+    ) -> Result<Response<SvidResponse>, Status> {
+        let ctx = context(&req, "MintX509Svid");
+        let body = req.into_inner();
+        Ok(svid_response(self.service.mint_workload(
+            &ctx,
+            &body.csr,
+            ttl_from(body.ttl_seconds)?,
+        )?))
+    }
+
+    async fn get_trust_bundle(
+        &self,
+        _req: Request<TrustBundleRequest>,
+    ) -> Result<Response<ca::TrustBundle>, Status> {
+        Ok(Response::new(bundle_message(
+            &self.service.authority.bundle(),
+        )))
+    }
+
+    type WatchTrustBundleStream = BoxStream<ca::TrustBundle>;
+
+    async fn watch_trust_bundle(
+        &self,
+        _req: Request<TrustBundleRequest>,
+    ) -> Result<Response<Self::WatchTrustBundleStream>, Status> {
+        let stream = WatchStream::new(self.service.authority.subscribe_bundle())
+            .map(|b| Ok(bundle_message(&b)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchEntriesStream = BoxStream<EntryList>;
+
+    async fn watch_entries(
+        &self,
+        req: Request<WatchEntriesRequest>,
+    ) -> Result<Response<Self::WatchEntriesStream>, Status> {
+        let ctx = context(&req, "WatchEntries");
+        let node = match &ctx.caller {
+            Caller::Svid { id, .. } => node_name(id, self.service.authority.trust_domain())
+                .map(str::to_string)
+                .ok_or_else(|| Status::permission_denied(format!("{id} is not a node identity")))?,
+            Caller::Anonymous => {
+                return Err(Status::unauthenticated(
+                    "this call needs a node SVID (mTLS)",
+                ));
+            }
+        };
+        let registry = self.service.registry.clone();
+        let mut changes = WatchStream::new(registry.subscribe());
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last = None;
+            while changes.next().await.is_some() {
+                let (entries, revision) = registry.entries(Some(&node));
+                let list: Vec<_> = entries.iter().map(entry_message).collect();
+                // Other nodes' changes bump the revision too; only send when ours changed.
+                if last.as_ref() == Some(&list) {
+                    continue;
+                }
+                if tx
+                    .send(Ok(EntryList {
+                        entries: list.clone(),
+                        revision,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                last = Some(list);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,119 @@
+//! Prometheus metrics for the CA, rendered in the text exposition format.
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub method: String,
+    pub reason: String,
+}
+
+/// Every metric citadel exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub issued: Family<MethodLabels, Counter>,
+    pub refused: Family<RefusalLabels, Counter>,
+    pub sign_seconds: Histogram,
+    root_expiry: Gauge<f64, AtomicU64>,
+    intermediate_expiry: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("citadel");
+        let issued = Family::<MethodLabels, Counter>::default();
+        let refused = Family::<RefusalLabels, Counter>::default();
+        // 50 µs .. ~1.6 s
+        let sign_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        let root_expiry = Gauge::<f64, AtomicU64>::default();
+        let intermediate_expiry = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "svids_issued",
+            "X.509-SVIDs issued, by API method",
+            issued.clone(),
+        );
+        registry.register(
+            "svid_requests_refused",
+            "Signing requests refused, by API method and reason",
+            refused.clone(),
+        );
+        registry.register(
+            "sign_duration_seconds",
+            "Time to authorize and sign one SVID",
+            sign_seconds.clone(),
+        );
+        registry.register(
+            "root_cert_expiry_seconds",
+            "Seconds until the root CA certificate expires",
+            root_expiry.clone(),
+        );
+        registry.register(
+            "intermediate_cert_expiry_seconds",
+            "Seconds until the signing (intermediate) CA certificate expires",
+            intermediate_expiry.clone(),
+        );
+        Self {
+            registry,
+            issued,
+            refused,
+            sign_seconds,
+            root_expiry,
+            intermediate_expiry,
+        }
+    }
+
+    pub fn issued(&self, method: &str) {
+        self.issued
+            .get_or_create(&MethodLabels {
+                method: method.into(),
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, method: &str, reason: &str) {
+        self.refused
+            .get_or_create(&RefusalLabels {
+                method: method.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Renders the exposition text, refreshing the expiry gauges against `now` first.
+    pub fn render(
+        &self,
+        now: SystemTime,
+        root_not_after: SystemTime,
+        intermediate_not_after: SystemTime,
+    ) -> String {
+        let secs = |t: SystemTime| match t.duration_since(now) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        self.root_expiry.set(secs(root_not_after));
+        self.intermediate_expiry.set(secs(intermediate_not_after));
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
