@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/citadel/ca/v1/ca.proto",
         "proto/citadel/admin/v1/admin.proto",
         "proto/istio/v1/auth/ca.proto",
+        "proto/spiffe/workload.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

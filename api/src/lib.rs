@@ -22,6 +22,10 @@ pub mod proto {
             }
         }
     }
+    /// The SPIFFE Workload API has no proto package.
+    pub mod spiffe_workload {
+        tonic::include_proto!("_");
+    }
     pub mod istio {
         pub mod v1 {
             pub mod auth {
@@ -35,6 +39,8 @@ pub mod proto {
 pub use proto::citadel::admin::v1 as admin;
 /// The node-facing CA API (`citadel.ca.v1`).
 pub use proto::citadel::ca::v1 as ca;
+/// The SPIFFE Workload API (`SpiffeWorkloadAPI`).
+pub use proto::spiffe_workload as workload;
 /// Istio's `IstioCertificateService` (`istio.v1.auth`).
 pub use proto::istio::v1::auth as istio;
 

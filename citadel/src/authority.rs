@@ -224,9 +224,12 @@ impl Authority {
             ));
         }
         self.change_bundle(|bundle| {
-            Ok(certs
+            // Remove every listed certificate, not just the first one found.
+            let removed: Vec<bool> = certs
                 .iter()
-                .fold(false, |acc, c| bundle.remove_x509_authority(c) || acc))
+                .map(|c| bundle.remove_x509_authority(c))
+                .collect();
+            Ok(removed.contains(&true))
         })
     }
 

@@ -150,13 +150,13 @@ impl CaService {
     ) -> Result<Issued, CaError> {
         self.authenticated(ctx, |caller, now| {
             let csr = Csr::parse_for(csr_pem.as_bytes(), self.authority.trust_domain())?;
-            if let Some(wanted) = impersonated.filter(|s| !s.is_empty()) {
-                if wanted != csr.spiffe_id().to_string() {
-                    return Err(CaError::InvalidArgument(format!(
-                        "ImpersonatedIdentity {wanted} does not match the CSR's {}",
-                        csr.spiffe_id()
-                    )));
-                }
+            if let Some(wanted) = impersonated.filter(|s| !s.is_empty())
+                && wanted != csr.spiffe_id().to_string()
+            {
+                return Err(CaError::InvalidArgument(format!(
+                    "ImpersonatedIdentity {wanted} does not match the CSR's {}",
+                    csr.spiffe_id()
+                )));
             }
             if csr.spiffe_id() == caller {
                 self.authorize_own(caller, csr.spiffe_id())?;

@@ -59,6 +59,8 @@ pub struct CertificateAuthority {
     info: CertInfo,
     /// Certificates between `cert` and the trust anchor, anchor excluded.
     upstream: Vec<CertificateDer<'static>>,
+    /// Checked once: deciding it costs a signature verification.
+    self_signed: bool,
 }
 
 impl fmt::Debug for CertificateAuthority {
@@ -105,6 +107,7 @@ impl CertificateAuthority {
             cert: cert.clone(),
             info,
             upstream,
+            self_signed: is_self_signed(cert),
         })
     }
 
@@ -182,7 +185,7 @@ impl CertificateAuthority {
     /// `leaf`, then the certificates a verifier needs to reach the root.
     fn chain_with(&self, leaf: CertificateDer<'static>) -> Vec<CertificateDer<'static>> {
         let mut chain = vec![leaf];
-        if !is_self_signed(&self.cert) {
+        if !self.self_signed {
             chain.push(self.cert.clone());
         }
         chain.extend(self.upstream.iter().cloned());
@@ -228,7 +231,7 @@ impl CertificateAuthority {
     }
 
     pub fn is_root(&self) -> bool {
-        is_self_signed(&self.cert)
+        self.self_signed
     }
 }
 

@@ -1,5 +1,6 @@
 //! `citadel.ca.v1.NodeCa`: attestation, renewal, workload SVIDs, bundle and entry watches.
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use citadel_api::ca::node_ca_server::NodeCa;
@@ -8,6 +9,7 @@ use citadel_api::ca::{
     WatchEntriesRequest,
 };
 use futures::Stream;
+use pki::TrustBundle;
 use pki::identity::node_name;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
@@ -19,21 +21,38 @@ use crate::service::{CaService, Caller, Issued};
 /// The NodeCa gRPC service.
 #[derive(Debug, Clone)]
 pub struct NodeApi {
-    pub service: CaService,
+    service: CaService,
+    /// The wire form of the current bundle: encoding JWKS per response would cost more than
+    /// the signature itself.
+    bundle_cache: Arc<Mutex<Option<(Arc<TrustBundle>, ca::TrustBundle)>>>,
 }
 
-fn svid_response(issued: Issued) -> Response<SvidResponse> {
-    Response::new(SvidResponse {
-        spiffe_id: issued.svid.spiffe_id().to_string(),
-        cert_chain: issued.svid.chain().iter().map(|c| c.to_vec()).collect(),
-        bundle: Some(bundle_message(&issued.bundle)),
-        expires_at_unix: issued
-            .svid
-            .not_after()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs() as i64,
-    })
+impl NodeApi {
+    pub fn new(service: CaService) -> Self {
+        Self { service, bundle_cache: Arc::default() }
+    }
+
+    fn bundle(&self, bundle: &Arc<TrustBundle>) -> ca::TrustBundle {
+        let mut cache = self.bundle_cache.lock().expect("bundle cache poisoned");
+        match cache.as_ref() {
+            Some((b, msg)) if Arc::ptr_eq(b, bundle) => msg.clone(),
+            _ => {
+                let msg = bundle_message(bundle);
+                *cache = Some((bundle.clone(), msg.clone()));
+                msg
+            }
+        }
+    }
+
+    fn svid_response(&self, issued: Issued) -> Response<SvidResponse> {
+        let expires = issued.svid.not_after().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Response::new(SvidResponse {
+            spiffe_id: issued.svid.spiffe_id().to_string(),
+            cert_chain: issued.svid.chain().iter().map(|c| c.to_vec()).collect(),
+            bundle: Some(self.bundle(&issued.bundle)),
+            expires_at_unix: expires.as_secs() as i64,
+        })
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -46,7 +65,7 @@ impl NodeCa for NodeApi {
     ) -> Result<Response<SvidResponse>, Status> {
         let ctx = context(&req, "AttestNode");
         let body = req.into_inner();
-        Ok(svid_response(self.service.attest_node(
+        Ok(self.svid_response(self.service.attest_node(
             &ctx,
             &body.csr,
             &body.join_token,
@@ -56,7 +75,7 @@ impl NodeCa for NodeApi {
     async fn renew_svid(&self, req: Request<CsrRequest>) -> Result<Response<SvidResponse>, Status> {
         let ctx = context(&req, "RenewSvid");
         let body = req.into_inner();
-        Ok(svid_response(self.service.renew(
+        Ok(self.svid_response(self.service.renew(
             &ctx,
             &body.csr,
             ttl_from(body.ttl_seconds)?,
@@ -69,7 +88,7 @@ impl NodeCa for NodeApi {
     ) -> Result<Response<SvidResponse>, Status> {
         let ctx = context(&req, "MintX509Svid");
         let body = req.into_inner();
-        Ok(svid_response(self.service.mint_workload(
+        Ok(self.svid_response(self.service.mint_workload(
             &ctx,
             &body.csr,
             ttl_from(body.ttl_seconds)?,
@@ -80,9 +99,7 @@ impl NodeCa for NodeApi {
         &self,
         _req: Request<TrustBundleRequest>,
     ) -> Result<Response<ca::TrustBundle>, Status> {
-        Ok(Response::new(bundle_message(
-            &self.service.authority.bundle(),
-        )))
+        Ok(Response::new(self.bundle(&self.service.authority.bundle())))
     }
 
     type WatchTrustBundleStream = BoxStream<ca::TrustBundle>;

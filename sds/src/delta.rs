@@ -1,0 +1,264 @@
+//! Incremental (delta) streams (`DeltaDiscoveryRequest`/`DeltaDiscoveryResponse`): only changed
+//! resources are sent, names that do not exist go to `removed_resources`, subscription changes
+//! apply even with a stale nonce, and `initial_resource_versions` is honoured on reconnect.
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+
+use crate::resource::Resources;
+use crate::version::VersionSource;
+use crate::{Nack, ProtocolError, Step};
+
+/// What the client was last told about a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Told {
+    Has(String),
+    DoesNotExist,
+}
+
+/// One delta stream of one type.
+#[derive(Debug, Default)]
+pub struct DeltaStream {
+    type_url: Option<String>,
+    names: BTreeSet<String>,
+    wildcard: bool,
+    started: bool,
+    told: BTreeMap<String, Told>,
+    last_nonce: Option<String>,
+    last_nack: Option<Nack>,
+}
+
+impl DeltaStream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn type_url(&self) -> Option<&str> {
+        self.type_url.as_deref()
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+
+    pub fn subscribed(&self) -> &BTreeSet<String> {
+        &self.names
+    }
+
+    pub fn last_nack(&self) -> Option<&Nack> {
+        self.last_nack.as_ref()
+    }
+
+    /// Applies a request. Subscription changes apply whatever the nonce says (the spec requires
+    /// it for delta); ACKs and NACKs count only for the latest nonce.
+    pub fn handle_request(&mut self, req: &DeltaDiscoveryRequest) -> Result<Step, ProtocolError> {
+        match &self.type_url {
+            None if req.type_url.is_empty() => return Err(ProtocolError::MissingTypeUrl),
+            None => self.type_url = Some(req.type_url.clone()),
+            Some(t) if !req.type_url.is_empty() && *t != req.type_url => {
+                return Err(ProtocolError::TypeUrlMismatch { expected: t.clone(), got: req.type_url.clone() });
+            }
+            Some(_) => {}
+        }
+        let first = !self.started;
+        self.started = true;
+        if first {
+            for (name, version) in &req.initial_resource_versions {
+                self.told.insert(name.clone(), Told::Has(version.clone()));
+            }
+            if req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty() {
+                self.wildcard = true;
+            }
+        }
+        let mut changed = first;
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                changed |= !self.wildcard;
+                self.wildcard = true;
+            } else if self.names.insert(name.clone()) {
+                // A (re)subscribed name must be (re)sent even if the client had it before,
+                // unless this is the reconnect that declared what the client holds.
+                if !first {
+                    self.told.remove(name);
+                }
+                changed = true;
+            } else if !self.told.contains_key(name) {
+                changed = true;
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                self.wildcard = false;
+            } else {
+                self.names.remove(name);
+            }
+            if !self.wildcard {
+                self.told.remove(name);
+            }
+            changed = true;
+        }
+        if !req.response_nonce.is_empty() && Some(&req.response_nonce) == self.last_nonce.as_ref() {
+            if let Some(status) = &req.error_detail {
+                self.last_nack = Some(Nack { nonce: req.response_nonce.clone(), message: status.message.clone() });
+            }
+        }
+        Ok(if changed { Step::Respond } else { Step::Wait })
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// The changes to send for `current`, or `None` when the client is up to date.
+    pub fn next_response(&mut self, current: &Resources, versions: &VersionSource) -> Option<DeltaDiscoveryResponse> {
+        let type_url = self.type_url.clone()?;
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        let visible: Vec<_> = current.values().filter(|r| self.wants(&r.name)).collect();
+        for r in visible {
+            if self.told.get(&r.name) != Some(&Told::Has(r.version.clone())) {
+                resources.push(Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.as_ref().clone()),
+                    ..Default::default()
+                });
+                self.told.insert(r.name.clone(), Told::Has(r.version.clone()));
+            }
+        }
+        // Explicit names that do not exist, and held names that disappeared.
+        let gone: Vec<String> = self
+            .names
+            .iter()
+            .chain(self.told.keys())
+            .filter(|n| !current.contains_key(*n) && self.wants(n))
+            .filter(|n| self.told.get(*n) != Some(&Told::DoesNotExist))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for name in gone {
+            self.told.insert(name.clone(), Told::DoesNotExist);
+            removed.push(name);
+        }
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        let nonce = versions.next();
+        self.last_nonce = Some(nonce.clone());
+        Some(DeltaDiscoveryResponse {
+            system_version_info: versions.next(),
+            resources,
+            type_url,
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::google::protobuf::Any;
+
+    use super::*;
+    use crate::resource::NamedResource;
+
+    const T: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+    fn res(pairs: &[(&str, &str)]) -> Resources {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                let body = Arc::new(Any { type_url: T.into(), value: v.as_bytes().to_vec() });
+                (n.to_string(), NamedResource { name: n.to_string(), version: v.to_string(), body })
+            })
+            .collect()
+    }
+
+    fn sub(add: &[&str], remove: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: T.into(),
+            resource_names_subscribe: add.iter().map(|s| s.to_string()).collect(),
+            resource_names_unsubscribe: remove.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+        r.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn sends_only_what_changed_and_reports_missing_names_as_removed() {
+        let v = VersionSource::new(b"d");
+        let mut s = DeltaStream::new();
+        assert_eq!(s.handle_request(&sub(&["default", "ROOTCA", "nope"], &[], "")).unwrap(), Step::Respond);
+        let r = s.next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), &v).unwrap();
+        assert_eq!(names(&r), ["ROOTCA", "default"]);
+        assert_eq!(r.removed_resources, ["nope"]);
+        assert!(s.next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), &v).is_none());
+        let r = s.next_response(&res(&[("default", "2"), ("ROOTCA", "1")]), &v).unwrap();
+        assert_eq!(names(&r), ["default"]);
+        assert!(r.removed_resources.is_empty());
+        let r = s.next_response(&res(&[("ROOTCA", "1")]), &v).unwrap();
+        assert_eq!(r.removed_resources, ["default"]);
+    }
+
+    #[test]
+    fn initial_versions_avoid_resending_on_reconnect() {
+        let v = VersionSource::new(b"d");
+        let mut s = DeltaStream::new();
+        let mut first = sub(&["a", "b"], &[], "");
+        first.initial_resource_versions.insert("a".into(), "1".into());
+        s.handle_request(&first).unwrap();
+        let r = s.next_response(&res(&[("a", "1"), ("b", "1")]), &v).unwrap();
+        assert_eq!(names(&r), ["b"]);
+    }
+
+    #[test]
+    fn subscription_changes_apply_even_with_a_stale_nonce() {
+        let v = VersionSource::new(b"d");
+        let mut s = DeltaStream::new();
+        s.handle_request(&sub(&["a"], &[], "")).unwrap();
+        let current = res(&[("a", "1"), ("b", "1")]);
+        let _ = s.next_response(&current, &v).unwrap();
+        assert_eq!(s.handle_request(&sub(&["b"], &[], "stale-nonce")).unwrap(), Step::Respond);
+        assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["b"]);
+        // Unsubscribing needs no response and stops updates for that name.
+        s.handle_request(&sub(&[], &["a"], "")).unwrap();
+        assert!(s.next_response(&res(&[("a", "2"), ("b", "1")]), &v).is_none());
+    }
+
+    #[test]
+    fn wildcard_sees_every_resource_and_resubscribing_resends() {
+        let v = VersionSource::new(b"d");
+        let mut s = DeltaStream::new();
+        s.handle_request(&sub(&[], &[], "")).unwrap();
+        assert!(s.is_wildcard());
+        let current = res(&[("a", "1"), ("b", "1")]);
+        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 2);
+        s.handle_request(&sub(&["a"], &[], "")).unwrap();
+        assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["a"]);
+    }
+
+    #[test]
+    fn nacks_are_recorded_for_the_latest_nonce_only() {
+        let v = VersionSource::new(b"d");
+        let mut s = DeltaStream::new();
+        s.handle_request(&sub(&["a"], &[], "")).unwrap();
+        let r = s.next_response(&res(&[("a", "1")]), &v).unwrap();
+        let mut nack = sub(&[], &[], "old");
+        nack.error_detail = Some(Default::default());
+        s.handle_request(&nack).unwrap();
+        assert!(s.last_nack().is_none());
+        nack.response_nonce = r.nonce.clone();
+        nack.error_detail = Some(envoy_types::pb::google::rpc::Status { code: 3, message: "no".into(), details: vec![] });
+        s.handle_request(&nack).unwrap();
+        assert_eq!(s.last_nack().unwrap().message, "no");
+        assert!(s.next_response(&res(&[("a", "1")]), &v).is_none(), "a NACKed version is not resent");
+    }
+}

@@ -1,0 +1,302 @@
+//! State-of-the-world streams (`DiscoveryRequest`/`DiscoveryResponse`), following the xDS
+//! protocol's ACK/NACK, nonce and subscription rules.
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use crate::resource::Resources;
+use crate::version::VersionSource;
+use crate::{Nack, ProtocolError, Step};
+
+/// What a stream subscribed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    /// No name given yet: the legacy wildcard (everything of this type).
+    LegacyWildcard,
+    /// Explicit names, possibly including `*`.
+    Names(BTreeSet<String>),
+}
+
+impl Subscription {
+    pub fn wants(&self, name: &str) -> bool {
+        match self {
+            Subscription::LegacyWildcard => true,
+            Subscription::Names(n) => n.contains("*") || n.contains(name),
+        }
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        match self {
+            Subscription::LegacyWildcard => true,
+            Subscription::Names(n) => n.contains("*"),
+        }
+    }
+}
+
+/// One state-of-the-world stream of one type.
+#[derive(Debug)]
+pub struct SotwStream {
+    type_url: Option<String>,
+    subscription: Subscription,
+    ever_named: bool,
+    last_nonce: Option<String>,
+    /// name → resource version in the last response.
+    sent: Option<BTreeMap<String, String>>,
+    sent_version: Option<String>,
+    acked_version: Option<String>,
+    last_nack: Option<Nack>,
+}
+
+impl Default for SotwStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SotwStream {
+    pub fn new() -> Self {
+        Self {
+            type_url: None,
+            subscription: Subscription::LegacyWildcard,
+            ever_named: false,
+            last_nonce: None,
+            sent: None,
+            sent_version: None,
+            acked_version: None,
+            last_nack: None,
+        }
+    }
+
+    pub fn type_url(&self) -> Option<&str> {
+        self.type_url.as_deref()
+    }
+
+    pub fn subscription(&self) -> &Subscription {
+        &self.subscription
+    }
+
+    pub fn acked_version(&self) -> Option<&str> {
+        self.acked_version.as_deref()
+    }
+
+    pub fn last_nack(&self) -> Option<&Nack> {
+        self.last_nack.as_ref()
+    }
+
+    /// Applies a client request. A request whose nonce is not the latest one sent is stale and
+    /// ignored entirely, as the spec says; a NACK is recorded and never answered with the same
+    /// content.
+    pub fn handle_request(&mut self, req: &DiscoveryRequest) -> Result<Step, ProtocolError> {
+        self.check_type(&req.type_url)?;
+        let first = self.last_nonce.is_none() && self.sent.is_none();
+        if !req.response_nonce.is_empty() && Some(&req.response_nonce) != self.last_nonce.as_ref() {
+            return Ok(Step::Wait);
+        }
+        let changed = self.update_subscription(&req.resource_names);
+        if let Some(status) = &req.error_detail {
+            self.last_nack = Some(Nack { nonce: req.response_nonce.clone(), message: status.message.clone() });
+            return Ok(if changed { Step::Respond } else { Step::Wait });
+        }
+        if !req.response_nonce.is_empty() {
+            self.acked_version = Some(req.version_info.clone());
+        }
+        Ok(if first || changed { Step::Respond } else { Step::Wait })
+    }
+
+    fn check_type(&mut self, type_url: &str) -> Result<(), ProtocolError> {
+        match &self.type_url {
+            None if type_url.is_empty() => Err(ProtocolError::MissingTypeUrl),
+            None => {
+                self.type_url = Some(type_url.to_string());
+                Ok(())
+            }
+            Some(t) if !type_url.is_empty() && t != type_url => {
+                Err(ProtocolError::TypeUrlMismatch { expected: t.clone(), got: type_url.to_string() })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Legacy rule: empty names mean wildcard until a name has ever been given; after that,
+    /// empty names mean "nothing".
+    fn update_subscription(&mut self, names: &[String]) -> bool {
+        let next = if names.is_empty() && !self.ever_named {
+            Subscription::LegacyWildcard
+        } else {
+            self.ever_named = true;
+            Subscription::Names(names.iter().cloned().collect())
+        };
+        let changed = next != self.subscription;
+        self.subscription = next;
+        changed
+    }
+
+    /// Names the stream asked for explicitly that `current` does not have.
+    pub fn missing(&self, current: &Resources) -> Vec<String> {
+        match &self.subscription {
+            Subscription::LegacyWildcard => Vec::new(),
+            Subscription::Names(n) => n.iter().filter(|n| *n != "*" && !current.contains_key(*n)).cloned().collect(),
+        }
+    }
+
+    /// The response to send for `current`, or `None` when the client already has exactly this.
+    /// Call after a `Step::Respond`, and whenever the server's resources change.
+    pub fn next_response(&mut self, current: &Resources, versions: &VersionSource) -> Option<DiscoveryResponse> {
+        let type_url = self.type_url.clone()?;
+        let wanted: BTreeMap<String, String> =
+            current.values().filter(|r| self.subscription.wants(&r.name)).map(|r| (r.name.clone(), r.version.clone())).collect();
+        if self.sent.as_ref() == Some(&wanted) {
+            return None;
+        }
+        let version = versions.next();
+        let nonce = versions.next();
+        let resources = wanted.keys().map(|n| current[n].body.as_ref().clone()).collect();
+        self.sent = Some(wanted);
+        self.sent_version = Some(version.clone());
+        self.last_nonce = Some(nonce.clone());
+        Some(DiscoveryResponse { version_info: version, resources, type_url, nonce, ..Default::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::google::protobuf::Any;
+    use envoy_types::pb::google::rpc::Status;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::resource::NamedResource;
+
+    const T: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+    fn res(pairs: &[(&str, &str)]) -> Resources {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                let body = Arc::new(Any { type_url: T.into(), value: format!("{n}:{v}").into_bytes() });
+                (n.to_string(), NamedResource { name: n.to_string(), version: v.to_string(), body })
+            })
+            .collect()
+    }
+
+    fn req(names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: T.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn first_request_gets_the_named_resources_and_an_ack_gets_nothing() {
+        let v = VersionSource::new(b"t");
+        let mut s = SotwStream::new();
+        let current = res(&[("default", "1"), ("ROOTCA", "1"), ("other", "1")]);
+        assert_eq!(s.handle_request(&req(&["default", "ROOTCA"], "", "")).unwrap(), Step::Respond);
+        let r = s.next_response(&current, &v).unwrap();
+        assert_eq!(r.resources.len(), 2);
+        assert_eq!(s.handle_request(&req(&["default", "ROOTCA"], &r.version_info, &r.nonce)).unwrap(), Step::Wait);
+        assert_eq!(s.acked_version(), Some(r.version_info.as_str()));
+        assert!(s.next_response(&current, &v).is_none(), "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn a_change_is_pushed_with_a_new_version_and_nonce() {
+        let v = VersionSource::new(b"t");
+        let mut s = SotwStream::new();
+        s.handle_request(&req(&["default"], "", "")).unwrap();
+        let r1 = s.next_response(&res(&[("default", "1")]), &v).unwrap();
+        let r2 = s.next_response(&res(&[("default", "2")]), &v).unwrap();
+        assert_ne!(r1.version_info, r2.version_info);
+        assert_ne!(r1.nonce, r2.nonce);
+        // An ACK for the older nonce is stale: ignored, and does not count as an ACK.
+        assert_eq!(s.handle_request(&req(&["default"], &r1.version_info, &r1.nonce)).unwrap(), Step::Wait);
+        assert_eq!(s.acked_version(), None);
+    }
+
+    #[test]
+    fn a_nack_is_recorded_and_the_same_content_is_not_resent() {
+        let v = VersionSource::new(b"t");
+        let mut s = SotwStream::new();
+        s.handle_request(&req(&["default"], "", "")).unwrap();
+        let current = res(&[("default", "1")]);
+        let r = s.next_response(&current, &v).unwrap();
+        let mut nack = req(&["default"], "", &r.nonce);
+        nack.error_detail = Some(Status { code: 3, message: "bad cert".into(), details: vec![] });
+        assert_eq!(s.handle_request(&nack).unwrap(), Step::Wait);
+        assert_eq!(s.last_nack().unwrap().message, "bad cert");
+        assert!(s.next_response(&current, &v).is_none());
+        assert!(s.next_response(&res(&[("default", "2")]), &v).is_some(), "a new version is sent");
+    }
+
+    #[test]
+    fn newly_named_resources_are_sent_even_if_unchanged() {
+        let v = VersionSource::new(b"t");
+        let mut s = SotwStream::new();
+        let current = res(&[("a", "1"), ("b", "1")]);
+        s.handle_request(&req(&["a"], "", "")).unwrap();
+        let r = s.next_response(&current, &v).unwrap();
+        assert_eq!(s.handle_request(&req(&["a", "b"], &r.version_info, &r.nonce)).unwrap(), Step::Respond);
+        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 2);
+    }
+
+    #[test]
+    fn legacy_wildcard_until_a_name_is_given() {
+        let v = VersionSource::new(b"t");
+        let mut s = SotwStream::new();
+        let current = res(&[("a", "1"), ("b", "1")]);
+        s.handle_request(&req(&[], "", "")).unwrap();
+        assert!(s.subscription().is_wildcard());
+        let r = s.next_response(&current, &v).unwrap();
+        assert_eq!(r.resources.len(), 2);
+        s.handle_request(&req(&["a"], &r.version_info, &r.nonce)).unwrap();
+        let r = s.next_response(&current, &v).unwrap();
+        assert_eq!(r.resources.len(), 1);
+        // Once named, an empty list unsubscribes from everything.
+        s.handle_request(&req(&[], &r.version_info, &r.nonce)).unwrap();
+        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 0);
+        assert!(!s.subscription().is_wildcard());
+    }
+
+    #[test]
+    fn missing_names_are_reported_and_type_changes_refused() {
+        let mut s = SotwStream::new();
+        s.handle_request(&req(&["a", "zzz"], "", "")).unwrap();
+        assert_eq!(s.missing(&res(&[("a", "1")])), vec!["zzz".to_string()]);
+        let mut other = req(&["a"], "", "");
+        other.type_url = "type.googleapis.com/other".into();
+        assert!(s.handle_request(&other).is_err());
+        assert_eq!(SotwStream::new().handle_request(&DiscoveryRequest::default()), Err(ProtocolError::MissingTypeUrl));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_request_sequences_never_panic_and_nonces_never_repeat(
+            steps in proptest::collection::vec((proptest::collection::vec("[a-c*]", 0..3), any::<bool>(), any::<bool>(), 0u8..3), 1..40)
+        ) {
+            let v = VersionSource::new(b"p");
+            let mut s = SotwStream::new();
+            let mut nonces = std::collections::HashSet::new();
+            let mut last_nonce = String::new();
+            for (names, use_last, nack, generation) in steps {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let mut r = req(&names, "", if use_last { &last_nonce } else { "" });
+                if nack { r.error_detail = Some(Status::default()); }
+                let _ = s.handle_request(&r);
+                let g = generation.to_string();
+                if let Some(resp) = s.next_response(&res(&[("a", &g), ("b", "1")]), &v) {
+                    prop_assert!(nonces.insert(resp.nonce.clone()));
+                    for any in &resp.resources {
+                        let name = String::from_utf8_lossy(&any.value).split(':').next().unwrap().to_string();
+                        prop_assert!(s.subscription().wants(&name));
+                    }
+                    last_nonce = resp.nonce;
+                }
+            }
+        }
+    }
+}
