@@ -39,10 +39,10 @@ pub mod proto {
 pub use proto::citadel::admin::v1 as admin;
 /// The node-facing CA API (`citadel.ca.v1`).
 pub use proto::citadel::ca::v1 as ca;
-/// The SPIFFE Workload API (`SpiffeWorkloadAPI`).
-pub use proto::spiffe_workload as workload;
 /// Istio's `IstioCertificateService` (`istio.v1.auth`).
 pub use proto::istio::v1::auth as istio;
+/// The SPIFFE Workload API (`SpiffeWorkloadAPI`).
+pub use proto::spiffe_workload as workload;
 
 /// Largest gRPC message citadel's API accepts; a CSR is at most 64 KiB, so anything much larger
 /// is refused by the transport before any parsing.

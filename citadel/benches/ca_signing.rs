@@ -23,7 +23,10 @@ use pki::{KeyAlgorithm, PrivateKey, TrustBundle, X509Svid, build_csr};
 const CSRS_PER_CLIENT: usize = 256;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// utime + stime of a process, in seconds (from /proc, 10 ms resolution).
@@ -64,9 +67,14 @@ impl Report {
 
 fn crypto_floor() -> f64 {
     let rng = SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-    let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
-    let public = UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, key.public_key().as_ref().to_vec());
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
+        .unwrap();
+    let public = UnparsedPublicKey::new(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        key.public_key().as_ref().to_vec(),
+    );
     let msg = [7u8; 300];
     let n = 20_000;
     let cpu0 = cpu_seconds(std::process::id());
@@ -96,7 +104,13 @@ fn start_citadel(dir: &Path) -> (Server, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_citadel"))
         .arg("--data-dir")
         .arg(dir)
-        .args(["serve", "--listen", "127.0.0.1:0", "--monitoring", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--monitoring",
+            "127.0.0.1:0",
+        ])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()
@@ -107,48 +121,104 @@ fn start_citadel(dir: &Path) -> (Server, String) {
         assert!(Instant::now() < deadline, "citadel did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&endpoints).unwrap()).unwrap();
     (Server { child }, v["grpc"].as_str().unwrap().to_string())
 }
 
 fn cli(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_citadel")).arg("--data-dir").arg(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_citadel"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn csrs(id: &str) -> Vec<Vec<u8>> {
     let id = parse_spiffe_id(id).unwrap();
-    (0..CSRS_PER_CLIENT).map(|_| build_csr(&PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(), &id).unwrap()).collect()
+    (0..CSRS_PER_CLIENT)
+        .map(|_| build_csr(&PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap(), &id).unwrap())
+        .collect()
 }
 
-fn channel(addr: &str, bundle: &TrustBundle, svid: Option<&X509Svid>) -> NodeCaClient<tonic::transport::Channel> {
+fn channel(
+    addr: &str,
+    bundle: &TrustBundle,
+    svid: Option<&X509Svid>,
+) -> NodeCaClient<tonic::transport::Channel> {
     let bundles = Arc::new(pki::verify::SharedBundles::new([bundle.clone()]));
-    let cert = svid.map(|s| Arc::new(pki::tls::SwappableCert::new(pki::tls::certified_key(s).unwrap())));
-    let cfg = citadel_api::channel::citadel_client_config(bundles, bundle.trust_domain().clone(), cert, Arc::new(pki::SystemClock)).unwrap();
+    let cert = svid.map(|s| {
+        Arc::new(pki::tls::SwappableCert::new(
+            pki::tls::certified_key(s).unwrap(),
+        ))
+    });
+    let cfg = citadel_api::channel::citadel_client_config(
+        bundles,
+        bundle.trust_domain().clone(),
+        cert,
+        Arc::new(pki::SystemClock),
+    )
+    .unwrap();
     NodeCaClient::new(citadel_api::channel::tls_channel(addr, Arc::new(cfg)).unwrap())
 }
 
 async fn bench_citadel(clients: usize, seconds: u64, dir: &Path) -> (Report, Vec<Vec<Vec<u8>>>) {
     let (server, addr) = start_citadel(dir);
     let root = std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap();
-    let bundle = TrustBundle::from_pem(parse_trust_domain("cluster.local").unwrap(), &root).unwrap();
+    let bundle =
+        TrustBundle::from_pem(parse_trust_domain("cluster.local").unwrap(), &root).unwrap();
     let mut workers = Vec::new();
     let mut all_csrs = Vec::new();
     for i in 0..clients {
         let node = format!("bench-{i}");
         let workload = format!("spiffe://cluster.local/ns/bench/sa/w{i}");
-        cli(dir, &["entry", "create", "--spiffe-id", &workload, "--node", &node, "--selector", "unix:uid:1000"]);
+        cli(
+            dir,
+            &[
+                "entry",
+                "create",
+                "--spiffe-id",
+                &workload,
+                "--node",
+                &node,
+                "--selector",
+                "unix:uid:1000",
+            ],
+        );
         let token = cli(dir, &["token", "create", "--node", &node]);
         let key = PrivateKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-        let csr = build_csr(&key, &parse_spiffe_id(&format!("spiffe://cluster.local/citadel/node/{node}")).unwrap()).unwrap();
-        let resp = channel(&addr, &bundle, None).attest_node(AttestNodeRequest { csr, join_token: token }).await.unwrap().into_inner();
+        let csr = build_csr(
+            &key,
+            &parse_spiffe_id(&format!("spiffe://cluster.local/citadel/node/{node}")).unwrap(),
+        )
+        .unwrap();
+        let resp = channel(&addr, &bundle, None)
+            .attest_node(AttestNodeRequest {
+                csr,
+                join_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
         let chain = resp.cert_chain.into_iter().map(Into::into).collect();
         let svid = X509Svid::from_chain(chain).unwrap().with_key(key).unwrap();
         let mut client = channel(&addr, &bundle, Some(&svid));
         let pool = csrs(&workload);
         // Warm the connection (handshake) outside the measured window.
-        client.mint_x509_svid(CsrRequest { csr: pool[0].clone(), ttl_seconds: 0 }).await.unwrap();
+        client
+            .mint_x509_svid(CsrRequest {
+                csr: pool[0].clone(),
+                ttl_seconds: 0,
+            })
+            .await
+            .unwrap();
         all_csrs.push(pool.clone());
         workers.push((client, pool));
     }
@@ -164,7 +234,13 @@ async fn bench_citadel(clients: usize, seconds: u64, dir: &Path) -> (Report, Vec
                 let mut i = 0;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    client.mint_x509_svid(CsrRequest { csr: pool[i % pool.len()].clone(), ttl_seconds: 0 }).await.unwrap();
+                    client
+                        .mint_x509_svid(CsrRequest {
+                            csr: pool[i % pool.len()].clone(),
+                            ttl_seconds: 0,
+                        })
+                        .await
+                        .unwrap();
                     lat.push(t.elapsed());
                     i += 1;
                 }
@@ -179,12 +255,24 @@ async fn bench_citadel(clients: usize, seconds: u64, dir: &Path) -> (Report, Vec
     let wall = start.elapsed();
     let cpu = cpu_seconds(pid) - cpu0;
     latencies.sort();
-    (Report { name: "citadel (gRPC, mTLS)", certs: latencies.len(), wall, cpu, latencies }, all_csrs)
+    (
+        Report {
+            name: "citadel (gRPC, mTLS)",
+            certs: latencies.len(),
+            wall,
+            cpu,
+            latencies,
+        },
+        all_csrs,
+    )
 }
 
 fn http_post(stream: &mut TcpStream, body: &str) -> Duration {
     let t = Instant::now();
-    let req = format!("POST /api/v1/cfssl/sign HTTP/1.1\r\nHost: cfssl\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let req = format!(
+        "POST /api/v1/cfssl/sign HTTP/1.1\r\nHost: cfssl\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(req.as_bytes()).unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -195,7 +283,13 @@ fn http_post(stream: &mut TcpStream, body: &str) -> Duration {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
             assert!(head.starts_with("http/1.1 200"), "{head}");
-            let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: ")).unwrap().trim().parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
             if buf.len() >= end + 4 + len {
                 assert!(String::from_utf8_lossy(&buf[end + 4..]).contains("\"success\":true"));
                 return t.elapsed();
@@ -208,7 +302,15 @@ fn bench_cfssl(seconds: u64, dir: &Path, csrs: Vec<Vec<Vec<u8>>>) -> Option<Repo
     let bin = std::env::var("CFSSL").unwrap_or_else(|_| "cfssl".into());
     let port = 18000 + (std::process::id() % 1000) as u16;
     let child = Command::new(&bin)
-        .args(["serve", "-address", "127.0.0.1", "-port", &port.to_string(), "-loglevel", "4"])
+        .args([
+            "serve",
+            "-address",
+            "127.0.0.1",
+            "-port",
+            &port.to_string(),
+            "-loglevel",
+            "4",
+        ])
         .arg("-ca")
         .arg(dir.join("ca/ca-cert.pem"))
         .arg("-ca-key")
@@ -235,12 +337,15 @@ fn bench_cfssl(seconds: u64, dir: &Path, csrs: Vec<Vec<Vec<u8>>>) -> Option<Repo
                 .collect()
         })
         .collect();
-    let mut conns: Vec<TcpStream> = bodies.iter().map(|b| {
-        let mut s = TcpStream::connect(&addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        http_post(&mut s, &b[0]);
-        s
-    }).collect();
+    let mut conns: Vec<TcpStream> = bodies
+        .iter()
+        .map(|b| {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            http_post(&mut s, &b[0]);
+            s
+        })
+        .collect();
     let pid = server.child.id();
     let cpu0 = cpu_seconds(pid);
     let start = Instant::now();
@@ -261,13 +366,22 @@ fn bench_cfssl(seconds: u64, dir: &Path, csrs: Vec<Vec<Vec<u8>>>) -> Option<Repo
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let wall = start.elapsed();
     let cpu = cpu_seconds(pid) - cpu0;
     let mut latencies = latencies;
     latencies.sort();
-    Some(Report { name: "cfssl serve 1.2 (HTTP)", certs: latencies.len(), wall, cpu, latencies })
+    Some(Report {
+        name: "cfssl serve 1.2 (HTTP)",
+        certs: latencies.len(),
+        wall,
+        cpu,
+        latencies,
+    })
 }
 
 fn main() {
@@ -276,11 +390,20 @@ fn main() {
     let seconds: u64 = env_or("SECONDS", 10);
     let floor = crypto_floor();
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (citadel, csrs) = rt.block_on(bench_citadel(clients, seconds, dir.path()));
     let cfssl = bench_cfssl(seconds, dir.path(), csrs);
     println!();
-    println!("{clients} clients, {seconds} s per server, {} CPUs", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "{clients} clients, {seconds} s per server, {} CPUs",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
     println!();
     println!("| signer | certs | certs/s | p50 ms | p99 ms | server CPU µs/cert |");
     println!("|---|---|---|---|---|---|");
@@ -288,10 +411,20 @@ fn main() {
     if let Some(c) = &cfssl {
         println!("{}", c.row());
     }
-    println!("| crypto floor (aws-lc-rs P-256 sign+verify) | | {:.0} | | | {:.1} |", 1.0 / floor, floor * 1e6);
+    println!(
+        "| crypto floor (aws-lc-rs P-256 sign+verify) | | {:.0} | | | {:.1} |",
+        1.0 / floor,
+        floor * 1e6
+    );
     println!();
-    println!("citadel CPU per cert / floor = {:.2}x", citadel.cpu / citadel.certs as f64 / floor);
+    println!(
+        "citadel CPU per cert / floor = {:.2}x",
+        citadel.cpu / citadel.certs as f64 / floor
+    );
     if let Some(c) = &cfssl {
-        println!("cfssl CPU per cert / floor = {:.2}x", c.cpu / c.certs as f64 / floor);
+        println!(
+            "cfssl CPU per cert / floor = {:.2}x",
+            c.cpu / c.certs as f64 / floor
+        );
     }
 }

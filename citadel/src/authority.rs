@@ -16,6 +16,7 @@ use pki::{CertificateAuthority, KeyAlgorithm, PrivateKey, RandomSource, TrustBun
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 
+use crate::jwt::JwtIssuer;
 use crate::storage::{PRIVATE, PUBLIC, atomic_write, private_dir};
 
 /// Why the CA could not be loaded or changed.
@@ -65,6 +66,7 @@ const CA_CERT: &str = "ca-cert.pem";
 const CA_KEY: &str = "ca-key.pem";
 const CERT_CHAIN: &str = "cert-chain.pem";
 const BUNDLE: &str = "bundle.json";
+const JWT_KEY: &str = "jwt-key.pem";
 
 /// The loaded CA.
 #[derive(Debug)]
@@ -76,6 +78,7 @@ pub struct Authority {
     intermediate_ttl: Duration,
     key_algorithm: KeyAlgorithm,
     signing: RwLock<Arc<CertificateAuthority>>,
+    jwt: JwtIssuer,
     bundle: watch::Sender<Arc<TrustBundle>>,
 }
 
@@ -119,7 +122,9 @@ impl Authority {
             }
             CaSource::PlugIn { .. } => None,
         };
-        let bundle = load_bundle(&dir, &trust_domain, &root)?;
+        let jwt = JwtIssuer::load_or_create(&dir.join(JWT_KEY))
+            .map_err(|e| AuthorityError::Invalid(e.to_string()))?;
+        let bundle = load_bundle(&dir, &trust_domain, &root, jwt.authority())?;
         let authority = Self {
             trust_domain,
             dir,
@@ -128,6 +133,7 @@ impl Authority {
             intermediate_ttl,
             key_algorithm,
             signing: RwLock::new(Arc::new(signing)),
+            jwt,
             bundle: watch::Sender::new(Arc::new(bundle)),
         };
         authority.renew_intermediate_if_due(now, rng)?;
@@ -146,6 +152,11 @@ impl Authority {
     /// The root that anchors the signing CA.
     pub fn root(&self) -> &CertificateDer<'static> {
         &self.root
+    }
+
+    /// The JWT-SVID signer.
+    pub fn jwt(&self) -> &JwtIssuer {
+        &self.jwt
     }
 
     pub fn bundle(&self) -> Arc<TrustBundle> {
@@ -429,6 +440,7 @@ fn load_bundle(
     dir: &Path,
     td: &TrustDomain,
     root: &CertificateDer<'static>,
+    jwt: &pki::JwtAuthority,
 ) -> Result<TrustBundle, AuthorityError> {
     let path = dir.join(BUNDLE);
     let mut bundle = match std::fs::read_to_string(&path) {
@@ -436,10 +448,14 @@ fn load_bundle(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => TrustBundle::new(td.clone()),
         Err(e) => return Err(io_err(&path)(e)),
     };
-    if bundle
+    let mut changed = bundle
         .add_x509_authority(root.clone())
-        .map_err(pki_err(&path))?
-    {
+        .map_err(pki_err(&path))?;
+    if !bundle.jwt_authorities().contains(jwt) {
+        bundle.upsert_jwt_authority(jwt.clone());
+        changed = true;
+    }
+    if changed {
         bundle.set_sequence(bundle.sequence() + 1);
         save_bundle(dir, &bundle)?;
     }

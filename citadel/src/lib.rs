@@ -7,6 +7,7 @@ pub mod authority;
 pub mod cli;
 pub mod error;
 pub mod grpc;
+pub mod jwt;
 pub mod metrics;
 pub mod monitoring;
 pub mod registry;

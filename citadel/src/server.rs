@@ -162,7 +162,7 @@ pub async fn serve(
     };
 
     let node = NodeCaServer::new(NodeApi::new(service.clone()))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let istio = IstioCertificateServiceServer::new(IstioApi {
         service: service.clone(),
     })

@@ -57,6 +57,41 @@ pub struct Issued {
     pub bundle: Arc<TrustBundle>,
 }
 
+/// A freshly signed JWT-SVID.
+#[derive(Debug)]
+pub struct IssuedJwt {
+    pub spiffe_id: SpiffeId,
+    pub token: String,
+    pub expires_at: SystemTime,
+}
+
+/// What an issuance contributes to its audit line.
+pub trait Outcome {
+    fn describe(&self, event: &mut AuditEvent);
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+impl Outcome for Issued {
+    fn describe(&self, event: &mut AuditEvent) {
+        event.identity = Some(self.svid.spiffe_id().to_string());
+        event.serial = Some(self.svid.serial().to_string());
+        event.expires_at = Some(unix_secs(self.svid.not_after()));
+    }
+}
+
+impl Outcome for IssuedJwt {
+    fn describe(&self, event: &mut AuditEvent) {
+        event.identity = Some(self.spiffe_id.to_string());
+        event.expires_at = Some(unix_secs(self.expires_at));
+    }
+}
+
+/// Default JWT-SVID lifetime, as SPIRE's.
+pub const JWT_TTL: Duration = Duration::from_secs(300);
+
 /// Everything the CA needs to decide and sign.
 #[derive(Debug, Clone)]
 pub struct CaService {
@@ -174,11 +209,51 @@ impl CaService {
         })
     }
 
-    fn authenticated(
+    /// A JWT-SVID for the caller's own ID or, for a node, an ID an entry assigns to it.
+    pub fn mint_jwt(
         &self,
         ctx: &RequestContext,
-        decide: impl FnOnce(&SpiffeId, SystemTime) -> Result<Issued, CaError>,
-    ) -> Result<Issued, CaError> {
+        spiffe_id: &str,
+        audience: &[String],
+        requested: Duration,
+    ) -> Result<IssuedJwt, CaError> {
+        self.authenticated(ctx, |caller, now| {
+            let id = pki::identity::parse_spiffe_id(spiffe_id)
+                .map_err(|e| CaError::InvalidArgument(e.to_string()))?;
+            if audience.is_empty() || audience.iter().any(|a| a.is_empty()) {
+                return Err(CaError::InvalidArgument(
+                    "a JWT-SVID needs at least one non-empty audience".into(),
+                ));
+            }
+            if &id == caller {
+                self.authorize_own(caller, &id)?;
+            } else {
+                let node = node_name(caller, self.authority.trust_domain()).ok_or_else(|| {
+                    CaError::PermissionDenied(format!("{caller} may not obtain {id}"))
+                })?;
+                self.registry.entry_for(node, &id).ok_or_else(|| {
+                    CaError::PermissionDenied(format!("no entry assigns {id} to node {node}"))
+                })?;
+            }
+            let ttl = self.cap(JWT_TTL, requested);
+            let (token, expires_at) = self
+                .authority
+                .jwt()
+                .mint(&id, audience, now, ttl)
+                .map_err(|e| CaError::Internal(e.to_string()))?;
+            Ok(IssuedJwt {
+                spiffe_id: id,
+                token,
+                expires_at,
+            })
+        })
+    }
+
+    fn authenticated<T: Outcome>(
+        &self,
+        ctx: &RequestContext,
+        decide: impl FnOnce(&SpiffeId, SystemTime) -> Result<T, CaError>,
+    ) -> Result<T, CaError> {
         let started = Instant::now();
         let now = self.clock.now();
         let (caller, result) = match &ctx.caller {
@@ -249,14 +324,14 @@ impl CaService {
         })
     }
 
-    fn finish(
+    fn finish<T: Outcome>(
         &self,
         ctx: &RequestContext,
         caller: String,
         started: Instant,
         now: SystemTime,
-        result: Result<Issued, CaError>,
-    ) -> Result<Issued, CaError> {
+        result: Result<T, CaError>,
+    ) -> Result<T, CaError> {
         let mut event = AuditEvent {
             method: ctx.method,
             caller,
@@ -270,16 +345,7 @@ impl CaService {
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.issued(ctx.method);
                 event.outcome = "issued";
-                event.identity = Some(issued.svid.spiffe_id().to_string());
-                event.serial = Some(issued.svid.serial().to_string());
-                event.expires_at = Some(
-                    issued
-                        .svid
-                        .not_after()
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs(),
-                );
+                issued.describe(&mut event);
             }
             Err(e) => {
                 self.metrics.refused(ctx.method, &e.reason());

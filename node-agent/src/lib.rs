@@ -1,1 +1,22 @@
-//! placeholder
+//! The Citadel node agent: attests itself to citadel, attests local workloads from the Unix
+//! socket peer, keeps their SVIDs rotated, and serves them over Envoy SDS v3 and the SPIFFE
+//! Workload API.
+#![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod ca;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod jwt;
+pub mod manager;
+pub mod metrics;
+pub mod node;
+pub mod peer;
+pub mod rotation;
+pub mod sds_server;
+pub mod secrets;
+pub mod server;
+pub mod state;
+pub mod sync;
+pub mod workload_api;

@@ -24,8 +24,14 @@ pub fn workload_id(
     ))
 }
 
-/// `spiffe://TD/citadel/node/NAME`, the identity of an attested node agent.
+/// `spiffe://TD/citadel/node/NAME`, the identity of an attested node agent. `NAME` must be a
+/// single path segment.
 pub fn node_id(td: &TrustDomain, node: &str) -> Result<SpiffeId, Error> {
+    if node.is_empty() || node.contains('/') {
+        return Err(Error::SpiffeId(format!(
+            "node name {node:?} must be one non-empty path segment"
+        )));
+    }
     parse_spiffe_id(&format!("spiffe://{td}/citadel/node/{node}"))
 }
 

@@ -3,7 +3,9 @@
 //! apply even with a stale nonce, and `initial_resource_versions` is honoured on reconnect.
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
 
 use crate::resource::Resources;
 use crate::version::VersionSource;
@@ -56,7 +58,10 @@ impl DeltaStream {
             None if req.type_url.is_empty() => return Err(ProtocolError::MissingTypeUrl),
             None => self.type_url = Some(req.type_url.clone()),
             Some(t) if !req.type_url.is_empty() && *t != req.type_url => {
-                return Err(ProtocolError::TypeUrlMismatch { expected: t.clone(), got: req.type_url.clone() });
+                return Err(ProtocolError::TypeUrlMismatch {
+                    expected: t.clone(),
+                    got: req.type_url.clone(),
+                });
             }
             Some(_) => {}
         }
@@ -66,7 +71,8 @@ impl DeltaStream {
             for (name, version) in &req.initial_resource_versions {
                 self.told.insert(name.clone(), Told::Has(version.clone()));
             }
-            if req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty() {
+            if req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty()
+            {
                 self.wildcard = true;
             }
         }
@@ -99,7 +105,10 @@ impl DeltaStream {
         }
         if !req.response_nonce.is_empty() && Some(&req.response_nonce) == self.last_nonce.as_ref() {
             if let Some(status) = &req.error_detail {
-                self.last_nack = Some(Nack { nonce: req.response_nonce.clone(), message: status.message.clone() });
+                self.last_nack = Some(Nack {
+                    nonce: req.response_nonce.clone(),
+                    message: status.message.clone(),
+                });
             }
         }
         Ok(if changed { Step::Respond } else { Step::Wait })
@@ -110,7 +119,11 @@ impl DeltaStream {
     }
 
     /// The changes to send for `current`, or `None` when the client is up to date.
-    pub fn next_response(&mut self, current: &Resources, versions: &VersionSource) -> Option<DeltaDiscoveryResponse> {
+    pub fn next_response(
+        &mut self,
+        current: &Resources,
+        versions: &VersionSource,
+    ) -> Option<DeltaDiscoveryResponse> {
         let type_url = self.type_url.clone()?;
         let mut resources = Vec::new();
         let mut removed = Vec::new();
@@ -123,7 +136,8 @@ impl DeltaStream {
                     resource: Some(r.body.as_ref().clone()),
                     ..Default::default()
                 });
-                self.told.insert(r.name.clone(), Told::Has(r.version.clone()));
+                self.told
+                    .insert(r.name.clone(), Told::Has(r.version.clone()));
             }
         }
         // Explicit names that do not exist, and held names that disappeared.
@@ -172,8 +186,18 @@ mod tests {
         pairs
             .iter()
             .map(|(n, v)| {
-                let body = Arc::new(Any { type_url: T.into(), value: v.as_bytes().to_vec() });
-                (n.to_string(), NamedResource { name: n.to_string(), version: v.to_string(), body })
+                let body = Arc::new(Any {
+                    type_url: T.into(),
+                    value: v.as_bytes().to_vec(),
+                });
+                (
+                    n.to_string(),
+                    NamedResource {
+                        name: n.to_string(),
+                        version: v.to_string(),
+                        body,
+                    },
+                )
             })
             .collect()
     }
@@ -196,12 +220,23 @@ mod tests {
     fn sends_only_what_changed_and_reports_missing_names_as_removed() {
         let v = VersionSource::new(b"d");
         let mut s = DeltaStream::new();
-        assert_eq!(s.handle_request(&sub(&["default", "ROOTCA", "nope"], &[], "")).unwrap(), Step::Respond);
-        let r = s.next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), &v).unwrap();
+        assert_eq!(
+            s.handle_request(&sub(&["default", "ROOTCA", "nope"], &[], ""))
+                .unwrap(),
+            Step::Respond
+        );
+        let r = s
+            .next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), &v)
+            .unwrap();
         assert_eq!(names(&r), ["ROOTCA", "default"]);
         assert_eq!(r.removed_resources, ["nope"]);
-        assert!(s.next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), &v).is_none());
-        let r = s.next_response(&res(&[("default", "2"), ("ROOTCA", "1")]), &v).unwrap();
+        assert!(
+            s.next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), &v)
+                .is_none()
+        );
+        let r = s
+            .next_response(&res(&[("default", "2"), ("ROOTCA", "1")]), &v)
+            .unwrap();
         assert_eq!(names(&r), ["default"]);
         assert!(r.removed_resources.is_empty());
         let r = s.next_response(&res(&[("ROOTCA", "1")]), &v).unwrap();
@@ -213,9 +248,13 @@ mod tests {
         let v = VersionSource::new(b"d");
         let mut s = DeltaStream::new();
         let mut first = sub(&["a", "b"], &[], "");
-        first.initial_resource_versions.insert("a".into(), "1".into());
+        first
+            .initial_resource_versions
+            .insert("a".into(), "1".into());
         s.handle_request(&first).unwrap();
-        let r = s.next_response(&res(&[("a", "1"), ("b", "1")]), &v).unwrap();
+        let r = s
+            .next_response(&res(&[("a", "1"), ("b", "1")]), &v)
+            .unwrap();
         assert_eq!(names(&r), ["b"]);
     }
 
@@ -226,11 +265,17 @@ mod tests {
         s.handle_request(&sub(&["a"], &[], "")).unwrap();
         let current = res(&[("a", "1"), ("b", "1")]);
         let _ = s.next_response(&current, &v).unwrap();
-        assert_eq!(s.handle_request(&sub(&["b"], &[], "stale-nonce")).unwrap(), Step::Respond);
+        assert_eq!(
+            s.handle_request(&sub(&["b"], &[], "stale-nonce")).unwrap(),
+            Step::Respond
+        );
         assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["b"]);
         // Unsubscribing needs no response and stops updates for that name.
         s.handle_request(&sub(&[], &["a"], "")).unwrap();
-        assert!(s.next_response(&res(&[("a", "2"), ("b", "1")]), &v).is_none());
+        assert!(
+            s.next_response(&res(&[("a", "2"), ("b", "1")]), &v)
+                .is_none()
+        );
     }
 
     #[test]
@@ -256,9 +301,16 @@ mod tests {
         s.handle_request(&nack).unwrap();
         assert!(s.last_nack().is_none());
         nack.response_nonce = r.nonce.clone();
-        nack.error_detail = Some(envoy_types::pb::google::rpc::Status { code: 3, message: "no".into(), details: vec![] });
+        nack.error_detail = Some(envoy_types::pb::google::rpc::Status {
+            code: 3,
+            message: "no".into(),
+            details: vec![],
+        });
         s.handle_request(&nack).unwrap();
         assert_eq!(s.last_nack().unwrap().message, "no");
-        assert!(s.next_response(&res(&[("a", "1")]), &v).is_none(), "a NACKed version is not resent");
+        assert!(
+            s.next_response(&res(&[("a", "1")]), &v).is_none(),
+            "a NACKed version is not resent"
+        );
     }
 }

@@ -94,13 +94,20 @@ impl SotwStream {
         }
         let changed = self.update_subscription(&req.resource_names);
         if let Some(status) = &req.error_detail {
-            self.last_nack = Some(Nack { nonce: req.response_nonce.clone(), message: status.message.clone() });
+            self.last_nack = Some(Nack {
+                nonce: req.response_nonce.clone(),
+                message: status.message.clone(),
+            });
             return Ok(if changed { Step::Respond } else { Step::Wait });
         }
         if !req.response_nonce.is_empty() {
             self.acked_version = Some(req.version_info.clone());
         }
-        Ok(if first || changed { Step::Respond } else { Step::Wait })
+        Ok(if first || changed {
+            Step::Respond
+        } else {
+            Step::Wait
+        })
     }
 
     fn check_type(&mut self, type_url: &str) -> Result<(), ProtocolError> {
@@ -111,7 +118,10 @@ impl SotwStream {
                 Ok(())
             }
             Some(t) if !type_url.is_empty() && t != type_url => {
-                Err(ProtocolError::TypeUrlMismatch { expected: t.clone(), got: type_url.to_string() })
+                Err(ProtocolError::TypeUrlMismatch {
+                    expected: t.clone(),
+                    got: type_url.to_string(),
+                })
             }
             Some(_) => Ok(()),
         }
@@ -135,26 +145,46 @@ impl SotwStream {
     pub fn missing(&self, current: &Resources) -> Vec<String> {
         match &self.subscription {
             Subscription::LegacyWildcard => Vec::new(),
-            Subscription::Names(n) => n.iter().filter(|n| *n != "*" && !current.contains_key(*n)).cloned().collect(),
+            Subscription::Names(n) => n
+                .iter()
+                .filter(|n| *n != "*" && !current.contains_key(*n))
+                .cloned()
+                .collect(),
         }
     }
 
     /// The response to send for `current`, or `None` when the client already has exactly this.
     /// Call after a `Step::Respond`, and whenever the server's resources change.
-    pub fn next_response(&mut self, current: &Resources, versions: &VersionSource) -> Option<DiscoveryResponse> {
+    pub fn next_response(
+        &mut self,
+        current: &Resources,
+        versions: &VersionSource,
+    ) -> Option<DiscoveryResponse> {
         let type_url = self.type_url.clone()?;
-        let wanted: BTreeMap<String, String> =
-            current.values().filter(|r| self.subscription.wants(&r.name)).map(|r| (r.name.clone(), r.version.clone())).collect();
+        let wanted: BTreeMap<String, String> = current
+            .values()
+            .filter(|r| self.subscription.wants(&r.name))
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
         if self.sent.as_ref() == Some(&wanted) {
             return None;
         }
         let version = versions.next();
         let nonce = versions.next();
-        let resources = wanted.keys().map(|n| current[n].body.as_ref().clone()).collect();
+        let resources = wanted
+            .keys()
+            .map(|n| current[n].body.as_ref().clone())
+            .collect();
         self.sent = Some(wanted);
         self.sent_version = Some(version.clone());
         self.last_nonce = Some(nonce.clone());
-        Some(DiscoveryResponse { version_info: version, resources, type_url, nonce, ..Default::default() })
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources,
+            type_url,
+            nonce,
+            ..Default::default()
+        })
     }
 }
 
@@ -175,8 +205,18 @@ mod tests {
         pairs
             .iter()
             .map(|(n, v)| {
-                let body = Arc::new(Any { type_url: T.into(), value: format!("{n}:{v}").into_bytes() });
-                (n.to_string(), NamedResource { name: n.to_string(), version: v.to_string(), body })
+                let body = Arc::new(Any {
+                    type_url: T.into(),
+                    value: format!("{n}:{v}").into_bytes(),
+                });
+                (
+                    n.to_string(),
+                    NamedResource {
+                        name: n.to_string(),
+                        version: v.to_string(),
+                        body,
+                    },
+                )
             })
             .collect()
     }
@@ -196,12 +236,23 @@ mod tests {
         let v = VersionSource::new(b"t");
         let mut s = SotwStream::new();
         let current = res(&[("default", "1"), ("ROOTCA", "1"), ("other", "1")]);
-        assert_eq!(s.handle_request(&req(&["default", "ROOTCA"], "", "")).unwrap(), Step::Respond);
+        assert_eq!(
+            s.handle_request(&req(&["default", "ROOTCA"], "", ""))
+                .unwrap(),
+            Step::Respond
+        );
         let r = s.next_response(&current, &v).unwrap();
         assert_eq!(r.resources.len(), 2);
-        assert_eq!(s.handle_request(&req(&["default", "ROOTCA"], &r.version_info, &r.nonce)).unwrap(), Step::Wait);
+        assert_eq!(
+            s.handle_request(&req(&["default", "ROOTCA"], &r.version_info, &r.nonce))
+                .unwrap(),
+            Step::Wait
+        );
         assert_eq!(s.acked_version(), Some(r.version_info.as_str()));
-        assert!(s.next_response(&current, &v).is_none(), "nothing changed, nothing sent");
+        assert!(
+            s.next_response(&current, &v).is_none(),
+            "nothing changed, nothing sent"
+        );
     }
 
     #[test]
@@ -214,7 +265,11 @@ mod tests {
         assert_ne!(r1.version_info, r2.version_info);
         assert_ne!(r1.nonce, r2.nonce);
         // An ACK for the older nonce is stale: ignored, and does not count as an ACK.
-        assert_eq!(s.handle_request(&req(&["default"], &r1.version_info, &r1.nonce)).unwrap(), Step::Wait);
+        assert_eq!(
+            s.handle_request(&req(&["default"], &r1.version_info, &r1.nonce))
+                .unwrap(),
+            Step::Wait
+        );
         assert_eq!(s.acked_version(), None);
     }
 
@@ -226,11 +281,18 @@ mod tests {
         let current = res(&[("default", "1")]);
         let r = s.next_response(&current, &v).unwrap();
         let mut nack = req(&["default"], "", &r.nonce);
-        nack.error_detail = Some(Status { code: 3, message: "bad cert".into(), details: vec![] });
+        nack.error_detail = Some(Status {
+            code: 3,
+            message: "bad cert".into(),
+            details: vec![],
+        });
         assert_eq!(s.handle_request(&nack).unwrap(), Step::Wait);
         assert_eq!(s.last_nack().unwrap().message, "bad cert");
         assert!(s.next_response(&current, &v).is_none());
-        assert!(s.next_response(&res(&[("default", "2")]), &v).is_some(), "a new version is sent");
+        assert!(
+            s.next_response(&res(&[("default", "2")]), &v).is_some(),
+            "a new version is sent"
+        );
     }
 
     #[test]
@@ -240,7 +302,11 @@ mod tests {
         let current = res(&[("a", "1"), ("b", "1")]);
         s.handle_request(&req(&["a"], "", "")).unwrap();
         let r = s.next_response(&current, &v).unwrap();
-        assert_eq!(s.handle_request(&req(&["a", "b"], &r.version_info, &r.nonce)).unwrap(), Step::Respond);
+        assert_eq!(
+            s.handle_request(&req(&["a", "b"], &r.version_info, &r.nonce))
+                .unwrap(),
+            Step::Respond
+        );
         assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 2);
     }
 
@@ -253,11 +319,13 @@ mod tests {
         assert!(s.subscription().is_wildcard());
         let r = s.next_response(&current, &v).unwrap();
         assert_eq!(r.resources.len(), 2);
-        s.handle_request(&req(&["a"], &r.version_info, &r.nonce)).unwrap();
+        s.handle_request(&req(&["a"], &r.version_info, &r.nonce))
+            .unwrap();
         let r = s.next_response(&current, &v).unwrap();
         assert_eq!(r.resources.len(), 1);
         // Once named, an empty list unsubscribes from everything.
-        s.handle_request(&req(&[], &r.version_info, &r.nonce)).unwrap();
+        s.handle_request(&req(&[], &r.version_info, &r.nonce))
+            .unwrap();
         assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 0);
         assert!(!s.subscription().is_wildcard());
     }
@@ -270,7 +338,10 @@ mod tests {
         let mut other = req(&["a"], "", "");
         other.type_url = "type.googleapis.com/other".into();
         assert!(s.handle_request(&other).is_err());
-        assert_eq!(SotwStream::new().handle_request(&DiscoveryRequest::default()), Err(ProtocolError::MissingTypeUrl));
+        assert_eq!(
+            SotwStream::new().handle_request(&DiscoveryRequest::default()),
+            Err(ProtocolError::MissingTypeUrl)
+        );
     }
 
     proptest! {

@@ -13,12 +13,19 @@ impl VersionSource {
     /// `instance` must differ between processes (e.g. random bytes or a start timestamp).
     pub fn new(instance: &[u8]) -> Self {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, instance);
-        Self { prefix: hex::encode(&digest.as_ref()[..4]), counter: AtomicU64::new(0) }
+        Self {
+            prefix: hex::encode(&digest.as_ref()[..4]),
+            counter: AtomicU64::new(0),
+        }
     }
 
     /// A fresh process-unique value.
     pub fn next(&self) -> String {
-        format!("{}-{}", self.prefix, self.counter.fetch_add(1, Ordering::Relaxed) + 1)
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.counter.fetch_add(1, Ordering::Relaxed) + 1
+        )
     }
 
     /// A version derived from content: equal bytes give equal versions within this process.

@@ -5,8 +5,8 @@ use std::time::UNIX_EPOCH;
 
 use citadel_api::ca::node_ca_server::NodeCa;
 use citadel_api::ca::{
-    self, AttestNodeRequest, CsrRequest, EntryList, SvidResponse, TrustBundleRequest,
-    WatchEntriesRequest,
+    self, AttestNodeRequest, CsrRequest, EntryList, JwtSvidRequest, JwtSvidResponse, SvidResponse,
+    TrustBundleRequest, WatchEntriesRequest,
 };
 use futures::Stream;
 use pki::TrustBundle;
@@ -29,7 +29,10 @@ pub struct NodeApi {
 
 impl NodeApi {
     pub fn new(service: CaService) -> Self {
-        Self { service, bundle_cache: Arc::default() }
+        Self {
+            service,
+            bundle_cache: Arc::default(),
+        }
     }
 
     fn bundle(&self, bundle: &Arc<TrustBundle>) -> ca::TrustBundle {
@@ -45,7 +48,11 @@ impl NodeApi {
     }
 
     fn svid_response(&self, issued: Issued) -> Response<SvidResponse> {
-        let expires = issued.svid.not_after().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let expires = issued
+            .svid
+            .not_after()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Response::new(SvidResponse {
             spiffe_id: issued.svid.spiffe_id().to_string(),
             cert_chain: issued.svid.chain().iter().map(|c| c.to_vec()).collect(),
@@ -65,21 +72,19 @@ impl NodeCa for NodeApi {
     ) -> Result<Response<SvidResponse>, Status> {
         let ctx = context(&req, "AttestNode");
         let body = req.into_inner();
-        Ok(self.svid_response(self.service.attest_node(
-            &ctx,
-            &body.csr,
-            &body.join_token,
-        )?))
+        Ok(self.svid_response(
+            self.service
+                .attest_node(&ctx, &body.csr, &body.join_token)?,
+        ))
     }
 
     async fn renew_svid(&self, req: Request<CsrRequest>) -> Result<Response<SvidResponse>, Status> {
         let ctx = context(&req, "RenewSvid");
         let body = req.into_inner();
-        Ok(self.svid_response(self.service.renew(
-            &ctx,
-            &body.csr,
-            ttl_from(body.ttl_seconds)?,
-        )?))
+        Ok(self.svid_response(
+            self.service
+                .renew(&ctx, &body.csr, ttl_from(body.ttl_seconds)?)?,
+        ))
     }
 
     async fn mint_x509_svid(
@@ -100,6 +105,29 @@ impl NodeCa for NodeApi {
         _req: Request<TrustBundleRequest>,
     ) -> Result<Response<ca::TrustBundle>, Status> {
         Ok(Response::new(self.bundle(&self.service.authority.bundle())))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<JwtSvidRequest>,
+    ) -> Result<Response<JwtSvidResponse>, Status> {
+        let ctx = context(&req, "MintJwtSvid");
+        let body = req.into_inner();
+        let jwt = self.service.mint_jwt(
+            &ctx,
+            &body.spiffe_id,
+            &body.audience,
+            ttl_from(body.ttl_seconds)?,
+        )?;
+        let expires_at_unix = jwt
+            .expires_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        Ok(Response::new(JwtSvidResponse {
+            token: jwt.token,
+            expires_at_unix,
+        }))
     }
 
     type WatchTrustBundleStream = BoxStream<ca::TrustBundle>;

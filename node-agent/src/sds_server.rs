@@ -1,0 +1,278 @@
+//! Envoy SDS v3 (`SecretDiscoveryService`) on the agent socket: state-of-the-world, delta and
+//! fetch, driven by the `sds` protocol engine and pushed on every rotation or bundle change.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
+use envoy_types::pb::google::protobuf::value::Kind;
+use futures::Stream;
+use prost::Name;
+use sds::{DeltaStream, Resources, SotwStream, Step, VersionSource};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::attest::{Attestor, Workload};
+use crate::manager::Manager;
+use crate::metrics::{Metrics, StreamGuard};
+use crate::peer::{attest_caller, describe};
+use crate::secrets::{Visible, visible_secrets};
+
+/// The SDS service.
+#[derive(Debug, Clone)]
+pub struct SdsServer {
+    pub manager: Arc<Manager>,
+    pub attestor: Attestor,
+    pub versions: Arc<VersionSource>,
+    pub metrics: Arc<Metrics>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Envoy's node metadata switch to get `trusted_ca` instead of the SPIFFE validator (SPIRE's name).
+fn spiffe_validation(node: &Node) -> bool {
+    let flag = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("disable_spiffe_cert_validation"));
+    !matches!(
+        flag.and_then(|v| v.kind.as_ref()),
+        Some(Kind::BoolValue(true))
+    ) && !matches!(flag.and_then(|v| v.kind.as_ref()), Some(Kind::StringValue(s)) if s == "true")
+}
+
+fn secret_type() -> String {
+    Secret::type_url()
+}
+
+fn no_identity(w: &Workload) -> Status {
+    Status::permission_denied(format!(
+        "no identity issued to this workload ({})",
+        describe(w)
+    ))
+}
+
+/// Waits for the next state change or request; `None` ends the stream.
+enum Event<T> {
+    Request(T),
+    StateChanged,
+}
+
+impl SdsServer {
+    async fn run_sotw(
+        self,
+        workload: Workload,
+        mut inbound: Streaming<DiscoveryRequest>,
+        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    ) {
+        let _guard = StreamGuard::new(&self.metrics.sds_streams);
+        let mut state_rx = self.manager.subscribe();
+        let mut stream = SotwStream::new();
+        let mut spiffe = true;
+        loop {
+            let event = tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => Event::Request(req),
+                    _ => return,
+                },
+                changed = state_rx.changed() => match changed {
+                    Ok(()) => Event::StateChanged,
+                    Err(_) => return,
+                },
+            };
+            if let Event::Request(req) = event {
+                if let Some(node) = &req.node {
+                    spiffe = spiffe_validation(node);
+                }
+                if !req.type_url.is_empty() && req.type_url != secret_type() {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "unsupported type {}",
+                            req.type_url
+                        ))))
+                        .await;
+                    return;
+                }
+                match stream.handle_request(&req) {
+                    Ok(Step::Respond) => {}
+                    Ok(Step::Wait) => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+            if stream.type_url().is_none() {
+                continue;
+            }
+            let state = state_rx.borrow_and_update().clone();
+            match visible_secrets(&state, &workload.selectors, spiffe, &self.versions) {
+                Visible::Pending => continue,
+                Visible::NoIdentity => {
+                    let _ = tx.send(Err(no_identity(&workload))).await;
+                    return;
+                }
+                Visible::Ready(resources) => {
+                    let missing = stream.missing(&resources);
+                    if !missing.is_empty() {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "unknown or unauthorized secret names: {missing:?}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    if let Some(resp) = stream.next_response(&resources, &self.versions) {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_delta(
+        self,
+        workload: Workload,
+        mut inbound: Streaming<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) {
+        let _guard = StreamGuard::new(&self.metrics.sds_streams);
+        let mut state_rx = self.manager.subscribe();
+        let mut stream = DeltaStream::new();
+        let mut spiffe = true;
+        loop {
+            let event = tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => Event::Request(req),
+                    _ => return,
+                },
+                changed = state_rx.changed() => match changed {
+                    Ok(()) => Event::StateChanged,
+                    Err(_) => return,
+                },
+            };
+            if let Event::Request(req) = event {
+                if let Some(node) = &req.node {
+                    spiffe = spiffe_validation(node);
+                }
+                match stream.handle_request(&req) {
+                    Ok(Step::Respond) => {}
+                    Ok(Step::Wait) => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+            if stream.type_url().is_none() {
+                continue;
+            }
+            let state = state_rx.borrow_and_update().clone();
+            match visible_secrets(&state, &workload.selectors, spiffe, &self.versions) {
+                Visible::Pending => continue,
+                Visible::NoIdentity => {
+                    let _ = tx.send(Err(no_identity(&workload))).await;
+                    return;
+                }
+                Visible::Ready(resources) => {
+                    if let Some(resp) = stream.next_response(&resources, &self.versions) {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) until the workload's secrets are known.
+    async fn ready_secrets(&self, workload: &Workload, spiffe: bool) -> Result<Resources, Status> {
+        let mut rx = self.manager.subscribe();
+        let wait = async {
+            loop {
+                let state = rx.borrow_and_update().clone();
+                match visible_secrets(&state, &workload.selectors, spiffe, &self.versions) {
+                    Visible::Ready(r) => return Ok(r),
+                    Visible::NoIdentity => return Err(no_identity(workload)),
+                    Visible::Pending => {
+                        if rx.changed().await.is_err() {
+                            return Err(Status::unavailable("agent is shutting down"));
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), wait)
+            .await
+            .map_err(|_| Status::unavailable("identities are not issued yet; retry"))?
+    }
+}
+
+#[tonic::async_trait]
+impl SecretDiscoveryService for SdsServer {
+    type StreamSecretsStream = BoxStream<DiscoveryResponse>;
+    type DeltaSecretsStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_secrets(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
+        let workload = attest_caller(&self.attestor, &req)?;
+        tracing::debug!(workload = %describe(&workload), "SDS stream opened");
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(self.clone().run_sotw(workload, req.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_secrets(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
+        let workload = attest_caller(&self.attestor, &req)?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(self.clone().run_delta(workload, req.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_secrets(
+        &self,
+        req: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        let workload = attest_caller(&self.attestor, &req)?;
+        let body = req.into_inner();
+        let spiffe = body.node.as_ref().is_none_or(spiffe_validation);
+        let resources = self.ready_secrets(&workload, spiffe).await?;
+        let names: Vec<String> = if body.resource_names.is_empty() {
+            resources.keys().cloned().collect()
+        } else {
+            body.resource_names.clone()
+        };
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| !resources.contains_key(*n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "unknown or unauthorized secret names: {missing:?}"
+            )));
+        }
+        Ok(Response::new(DiscoveryResponse {
+            version_info: self.versions.next(),
+            resources: names
+                .iter()
+                .map(|n| resources[n].body.as_ref().clone())
+                .collect(),
+            type_url: secret_type(),
+            nonce: self.versions.next(),
+            ..Default::default()
+        }))
+    }
+}
