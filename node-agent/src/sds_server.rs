@@ -22,7 +22,7 @@ use crate::attest::{Attestor, Workload};
 use crate::manager::Manager;
 use crate::metrics::{Metrics, StreamGuard};
 use crate::peer::{attest_caller, describe};
-use crate::secrets::{Visible, visible_secrets};
+use crate::secrets::{SecretView, Visible};
 
 /// The SDS service.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ impl SdsServer {
         let _guard = StreamGuard::new(&self.metrics.sds_streams);
         let mut state_rx = self.manager.subscribe();
         let mut stream = SotwStream::new();
-        let mut spiffe = true;
+        let mut view = SecretView::new(workload.selectors.clone());
         loop {
             let event = tokio::select! {
                 msg = inbound.message() => match msg {
@@ -88,7 +88,7 @@ impl SdsServer {
             };
             if let Event::Request(req) = event {
                 if let Some(node) = &req.node {
-                    spiffe = spiffe_validation(node);
+                    view.set_spiffe_validation(spiffe_validation(node));
                 }
                 if !req.type_url.is_empty() && req.type_url != secret_type() {
                     let _ = tx
@@ -112,7 +112,8 @@ impl SdsServer {
                 continue;
             }
             let state = state_rx.borrow_and_update().clone();
-            match visible_secrets(&state, &workload.selectors, spiffe, &self.versions) {
+            let subscription = stream.subscription().clone();
+            match view.secrets(&state, &self.versions, |n| subscription.wants(n)) {
                 Visible::Pending => continue,
                 Visible::NoIdentity => {
                     let _ = tx.send(Err(no_identity(&workload))).await;
@@ -147,7 +148,7 @@ impl SdsServer {
         let _guard = StreamGuard::new(&self.metrics.sds_streams);
         let mut state_rx = self.manager.subscribe();
         let mut stream = DeltaStream::new();
-        let mut spiffe = true;
+        let mut view = SecretView::new(workload.selectors.clone());
         loop {
             let event = tokio::select! {
                 msg = inbound.message() => match msg {
@@ -161,7 +162,7 @@ impl SdsServer {
             };
             if let Event::Request(req) = event {
                 if let Some(node) = &req.node {
-                    spiffe = spiffe_validation(node);
+                    view.set_spiffe_validation(spiffe_validation(node));
                 }
                 match stream.handle_request(&req) {
                     Ok(Step::Respond) => {}
@@ -176,7 +177,8 @@ impl SdsServer {
                 continue;
             }
             let state = state_rx.borrow_and_update().clone();
-            match visible_secrets(&state, &workload.selectors, spiffe, &self.versions) {
+            let (wildcard, names) = (stream.is_wildcard(), stream.subscribed().clone());
+            match view.secrets(&state, &self.versions, |n| wildcard || names.contains(n)) {
                 Visible::Pending => continue,
                 Visible::NoIdentity => {
                     let _ = tx.send(Err(no_identity(&workload))).await;
@@ -196,10 +198,12 @@ impl SdsServer {
     /// Waits (bounded) until the workload's secrets are known.
     async fn ready_secrets(&self, workload: &Workload, spiffe: bool) -> Result<Resources, Status> {
         let mut rx = self.manager.subscribe();
+        let mut view = SecretView::new(workload.selectors.clone());
+        view.set_spiffe_validation(spiffe);
         let wait = async {
             loop {
                 let state = rx.borrow_and_update().clone();
-                match visible_secrets(&state, &workload.selectors, spiffe, &self.versions) {
+                match view.secrets(&state, &self.versions, |_| true) {
                     Visible::Ready(r) => return Ok(r),
                     Visible::NoIdentity => return Err(no_identity(workload)),
                     Visible::Pending => {

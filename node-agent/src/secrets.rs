@@ -1,8 +1,15 @@
 //! Builds the Envoy `Secret`s a workload may see: `default` (its first SVID), each SVID by
 //! SPIFFE ID, `ROOTCA` (own bundle), `ALL` (every bundle) and the trust-domain ID — as a
 //! SPIFFE certificate validator config, or plain `trusted_ca` when the Envoy opts out.
+//!
+//! A `SecretView` belongs to one stream: it remembers which identities the workload is
+//! entitled to (recomputed only when the entry list changes) and the secrets it already built
+//! (rebuilt only when their version changes), so a rotation elsewhere costs a stream almost
+//! nothing.
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use citadel_api::Selector;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::core::v3::{DataSource, TypedExtensionConfig};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -11,9 +18,10 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::util::pack_any;
 use pki::TrustBundle;
+use pki::identity::SpiffeId;
 use sds::{NamedResource, Resources, VersionSource};
 
-use crate::state::{AgentState, WorkloadView};
+use crate::state::{AgentState, Entry, WorkloadSvid};
 
 /// Istio's and SPIRE's name for the caller's own certificate.
 pub const DEFAULT: &str = "default";
@@ -31,19 +39,24 @@ fn inline(bytes: impl Into<Vec<u8>>) -> Option<DataSource> {
     })
 }
 
-fn resource(name: &str, version: String, secret: secret::Type) -> (String, NamedResource) {
+fn named(name: &str, version: String, secret: secret::Type) -> NamedResource {
     let body = pack_any(Secret {
         name: name.to_string(),
         r#type: Some(secret),
     });
-    (
-        name.to_string(),
-        NamedResource {
-            name: name.to_string(),
-            version,
-            body: Arc::new(body),
-        },
-    )
+    NamedResource {
+        name: name.to_string(),
+        version,
+        body: Arc::new(body),
+    }
+}
+
+fn tls_certificate(w: &WorkloadSvid) -> secret::Type {
+    secret::Type::TlsCertificate(TlsCertificate {
+        certificate_chain: inline(w.chain_pem.clone()),
+        private_key: inline(w.key_pem.clone()),
+        ..Default::default()
+    })
 }
 
 fn validation(bundles: &[&TrustBundle], spiffe: bool) -> secret::Type {
@@ -80,52 +93,117 @@ fn validation(bundles: &[&TrustBundle], spiffe: bool) -> secret::Type {
 /// The secrets visible to a workload, or why it gets none.
 #[derive(Debug)]
 pub enum Visible {
-    /// Entitled, but its SVIDs are not minted yet (or entries not yet known): answer later.
+    /// Entitled (or entries not yet known), but its SVIDs are not minted yet: answer later.
     Pending,
     /// No registration entry matches: the workload gets nothing.
     NoIdentity,
     Ready(Resources),
 }
 
-/// All secrets of a workload with `selectors` in `state`.
-pub fn visible_secrets(
-    state: &AgentState,
-    selectors: &[citadel_api::Selector],
+/// One stream's view of the secrets of one workload.
+#[derive(Debug)]
+pub struct SecretView {
+    selectors: Vec<Selector>,
     spiffe_validation: bool,
-    versions: &VersionSource,
-) -> Visible {
-    let svids = match state.view(selectors) {
-        WorkloadView::Pending => return Visible::Pending,
-        WorkloadView::NoIdentity => return Visible::NoIdentity,
-        WorkloadView::Ready(svids) => svids,
-    };
-    let mut out = Resources::new();
-    for (i, w) in svids.iter().enumerate() {
-        let tls = secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: inline(w.chain_pem.clone()),
-            private_key: inline(w.key_pem.clone()),
-            ..Default::default()
-        });
-        let version = versions.of_content(w.svid.serial().as_bytes());
-        if i == 0 {
-            out.extend([resource(DEFAULT, version.clone(), tls.clone())]);
+    entries: Option<Arc<Vec<Entry>>>,
+    entitled: Vec<SpiffeId>,
+    built: HashMap<String, NamedResource>,
+}
+
+impl SecretView {
+    pub fn new(selectors: Vec<Selector>) -> Self {
+        Self {
+            selectors,
+            spiffe_validation: true,
+            entries: None,
+            entitled: Vec::new(),
+            built: HashMap::new(),
         }
-        out.extend([resource(&w.id().to_string(), version, tls)]);
     }
-    let bundle = state.bundle.as_ref();
-    let bundle_version = versions.of_content(
-        format!(
-            "{}/{}/{spiffe_validation}",
-            bundle.trust_domain(),
-            bundle.sequence()
-        )
-        .as_bytes(),
-    );
-    let ctx = validation(&[bundle], spiffe_validation);
-    out.extend([
-        resource(ROOTCA, bundle_version.clone(), ctx.clone()),
-        resource(ALL, bundle_version.clone(), ctx.clone()),
-        resource(&bundle.trust_domain().id_string(), bundle_version, ctx),
-    ]);
-    Visible::Ready(out)
+
+    /// Switches between the SPIFFE validator and `trusted_ca` (Envoy node metadata opt-out).
+    pub fn set_spiffe_validation(&mut self, on: bool) {
+        if on != self.spiffe_validation {
+            self.spiffe_validation = on;
+            self.built.clear();
+        }
+    }
+
+    fn refresh_entitlement(&mut self, state: &AgentState) {
+        let same = match (&self.entries, &state.entries) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.entries = state.entries.clone();
+            self.entitled = state.entitled(&self.selectors);
+        }
+    }
+
+    fn get_or_build(
+        &mut self,
+        name: &str,
+        version: String,
+        build: impl FnOnce() -> secret::Type,
+    ) -> NamedResource {
+        match self.built.get(name) {
+            Some(r) if r.version == version => r.clone(),
+            _ => {
+                let r = named(name, version, build());
+                self.built.insert(name.to_string(), r.clone());
+                r
+            }
+        }
+    }
+
+    /// The secrets for `state`; only names for which `wanted` is true are built.
+    pub fn secrets(
+        &mut self,
+        state: &AgentState,
+        versions: &VersionSource,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Visible {
+        if state.entries.is_none() {
+            return Visible::Pending;
+        }
+        self.refresh_entitlement(state);
+        if self.entitled.is_empty() {
+            return Visible::NoIdentity;
+        }
+        let svids: Vec<Arc<WorkloadSvid>> = self
+            .entitled
+            .iter()
+            .filter_map(|id| state.svids.get(id).cloned())
+            .collect();
+        if svids.is_empty() {
+            return Visible::Pending;
+        }
+        let mut out = Resources::new();
+        for (i, w) in svids.iter().enumerate() {
+            let version = versions.of_content(w.svid.serial().as_bytes());
+            let id = w.id().to_string();
+            let names: &[&str] = if i == 0 { &[DEFAULT, &id] } else { &[&id] };
+            for name in names {
+                if wanted(name) {
+                    let r = self.get_or_build(name, version.clone(), || tls_certificate(w));
+                    out.insert(name.to_string(), r);
+                }
+            }
+        }
+        let bundle = state.bundle.clone();
+        let spiffe = self.spiffe_validation;
+        let version = versions.of_content(
+            format!("{}/{}/{spiffe}", bundle.trust_domain(), bundle.sequence()).as_bytes(),
+        );
+        for name in [ROOTCA, ALL, &bundle.trust_domain().id_string()] {
+            if wanted(name) {
+                let r = self.get_or_build(name, version.clone(), || {
+                    validation(&[bundle.as_ref()], spiffe)
+                });
+                out.insert(name.to_string(), r);
+            }
+        }
+        Visible::Ready(out)
+    }
 }
