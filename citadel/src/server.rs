@@ -161,7 +161,7 @@ pub async fn serve(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let node = NodeCaServer::new(NodeApi::new(service.clone()))
+    let node = NodeCaServer::new(NodeApi::new(service.clone(), stop_rx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let istio = IstioCertificateServiceServer::new(IstioApi {
         service: service.clone(),

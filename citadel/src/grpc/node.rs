@@ -25,13 +25,21 @@ pub struct NodeApi {
     /// The wire form of the current bundle: encoding JWKS per response would cost more than
     /// the signature itself.
     bundle_cache: Arc<Mutex<Option<(Arc<TrustBundle>, ca::TrustBundle)>>>,
+    /// Flips to true when the server stops: long-lived watch streams end so that graceful
+    /// shutdown does not wait on them forever.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 impl NodeApi {
-    pub fn new(service: CaService) -> Self {
+    pub fn new(service: CaService, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         Self {
             service,
             bundle_cache: Arc::default(),
+            stopping,
         }
     }
 
@@ -138,6 +146,7 @@ impl NodeCa for NodeApi {
     ) -> Result<Response<Self::WatchTrustBundleStream>, Status> {
         let stream = WatchStream::new(self.service.authority.subscribe_bundle())
             .map(|b| Ok(bundle_message(&b)));
+        let stream = futures::StreamExt::take_until(stream, stopped(self.stopping.clone()));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -161,9 +170,14 @@ impl NodeCa for NodeApi {
         let registry = self.service.registry.clone();
         let mut changes = WatchStream::new(registry.subscribe());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut last = None;
-            while changes.next().await.is_some() {
+            loop {
+                tokio::select! {
+                    change = changes.next() => if change.is_none() { break },
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
                 let (entries, revision) = registry.entries(Some(&node));
                 let list: Vec<_> = entries.iter().map(entry_message).collect();
                 // Other nodes' changes bump the revision too; only send when ours changed.
