@@ -129,10 +129,10 @@ impl SdsServer {
                             .await;
                         return;
                     }
-                    if let Some(resp) = stream.next_response(&resources, &self.versions) {
-                        if tx.send(Ok(resp)).await.is_err() {
-                            return;
-                        }
+                    if let Some(resp) = stream.next_response(&resources, &self.versions)
+                        && tx.send(Ok(resp)).await.is_err()
+                    {
+                        return;
                     }
                 }
             }
@@ -185,10 +185,10 @@ impl SdsServer {
                     return;
                 }
                 Visible::Ready(resources) => {
-                    if let Some(resp) = stream.next_response(&resources, &self.versions) {
-                        if tx.send(Ok(resp)).await.is_err() {
-                            return;
-                        }
+                    if let Some(resp) = stream.next_response(&resources, &self.versions)
+                        && tx.send(Ok(resp)).await.is_err()
+                    {
+                        return;
                     }
                 }
             }

@@ -32,11 +32,9 @@ fn envoy_binary() -> PathBuf {
 }
 
 fn bootstrap(socket: &Path) -> String {
-    let sds = format!(
-        r#"{{ "resource_api_version": "V3", "initial_fetch_timeout": "0s",
-             "api_config_source": {{ "api_type": "GRPC", "transport_api_version": "V3",
-               "grpc_services": [ {{ "envoy_grpc": {{ "cluster_name": "sds-grpc" }} }} ] }} }}"#
-    );
+    let sds = r#"{ "resource_api_version": "V3", "initial_fetch_timeout": "0s",
+             "api_config_source": { "api_type": "GRPC", "transport_api_version": "V3",
+               "grpc_services": [ { "envoy_grpc": { "cluster_name": "sds-grpc" } } ] } }"#;
     format!(
         r#"{{
   "node": {{ "id": "envoy-test", "cluster": "test" }},

@@ -53,11 +53,8 @@ async fn x509_and_jwt_svids_and_bundles_over_the_workload_api() {
     let svid = &first.svids[0];
     assert_eq!(svid.spiffe_id, WEB);
     assert!(!svid.x509_svid_key.is_empty() && !svid.bundle.is_empty());
-    let leaf_len = {
-        // The first DER element of the concatenated chain is the leaf.
-        let len = u16::from_be_bytes([svid.x509_svid[2], svid.x509_svid[3]]) as usize + 4;
-        len
-    };
+    // The first DER element of the concatenated chain is the leaf (a 2-byte-length SEQUENCE).
+    let leaf_len = u16::from_be_bytes([svid.x509_svid[2], svid.x509_svid[3]]) as usize + 4;
     let leaf = CertInfo::parse(&svid.x509_svid[..leaf_len]).unwrap();
     assert_eq!(leaf.uri_sans, vec![WEB.to_string()]);
 
@@ -308,4 +305,92 @@ async fn a_process_matching_no_entry_gets_nothing() {
         Code::PermissionDenied
     );
     let _ = SystemTime::now();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_and_bundle_changes_reach_workloads_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let citadel = Citadel::start(&dir.path().join("citadel"), "127.0.0.1:0".parse().unwrap()).await;
+    let agent = Agent::start(
+        dir.path(),
+        &citadel,
+        Some(&citadel.token("node-1").await),
+        &[],
+    )
+    .await;
+    let mut client = workload_client(&agent.socket);
+
+    // Registered after the agent started: the identity arrives by watch, not by a poll.
+    let started = std::time::Instant::now();
+    let entry = citadel
+        .entry(
+            WEB,
+            "node-1",
+            &[self_path_selector()],
+            Duration::from_secs(3600),
+        )
+        .await;
+    let mut svids = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), svids.next())
+        .await
+        .expect("within seconds")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.svids[0].spiffe_id, WEB);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A new root in citadel's bundle reaches the open bundle stream.
+    let mut bundles = client
+        .fetch_x509_bundles(with_header(X509BundlesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = bundles.next().await.unwrap().unwrap();
+    let extra = pki::CertificateAuthority::self_signed_root(
+        pki::identity::parse_trust_domain("cluster.local").unwrap(),
+        pki::PrivateKey::generate(pki::KeyAlgorithm::EcdsaP256).unwrap(),
+        &pki::issue::SigningCaParams {
+            common_name: "next".into(),
+            organization: "t".into(),
+            ttl: Duration::from_secs(86400),
+            path_len: None,
+        },
+        SystemTime::now(),
+        &pki::SystemRandom,
+    )
+    .unwrap();
+    citadel
+        .add_bundle_authority(pki::pem::encode_certificate(extra.certificate()))
+        .await;
+    let after = tokio::time::timeout(Duration::from_secs(5), bundles.next())
+        .await
+        .expect("bundle pushed")
+        .unwrap()
+        .unwrap();
+    let len =
+        |r: &citadel_api::workload::X509BundlesResponse| r.bundles["spiffe://cluster.local"].len();
+    assert!(
+        len(&after) > len(&before),
+        "the new root is in the pushed bundle"
+    );
+    // The X.509-SVID stream carries the new bundle too.
+    let pushed = tokio::time::timeout(Duration::from_secs(5), svids.next())
+        .await
+        .expect("svid stream pushed")
+        .unwrap()
+        .unwrap();
+    assert!(pushed.svids[0].bundle.len() > first.svids[0].bundle.len());
+
+    // Deleting the entry withdraws the identity: the stream ends with PermissionDenied.
+    citadel.delete_entry(&entry).await;
+    let end = tokio::time::timeout(Duration::from_secs(5), svids.next())
+        .await
+        .expect("withdrawn")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(end.code(), Code::PermissionDenied);
 }

@@ -103,13 +103,13 @@ impl DeltaStream {
             }
             changed = true;
         }
-        if !req.response_nonce.is_empty() && Some(&req.response_nonce) == self.last_nonce.as_ref() {
-            if let Some(status) = &req.error_detail {
-                self.last_nack = Some(Nack {
-                    nonce: req.response_nonce.clone(),
-                    message: status.message.clone(),
-                });
-            }
+        let current_nonce =
+            !req.response_nonce.is_empty() && Some(&req.response_nonce) == self.last_nonce.as_ref();
+        if let (true, Some(status)) = (current_nonce, &req.error_detail) {
+            self.last_nack = Some(Nack {
+                nonce: req.response_nonce.clone(),
+                message: status.message.clone(),
+            });
         }
         Ok(if changed { Step::Respond } else { Step::Wait })
     }

@@ -18,13 +18,16 @@ use tonic::{Request, Response, Status};
 use super::{bundle_message, context, entry_message, ttl_from};
 use crate::service::{CaService, Caller, Issued};
 
+/// A bundle and its encoded wire form.
+type CachedBundle = (Arc<TrustBundle>, ca::TrustBundle);
+
 /// The NodeCa gRPC service.
 #[derive(Debug, Clone)]
 pub struct NodeApi {
     service: CaService,
     /// The wire form of the current bundle: encoding JWKS per response would cost more than
     /// the signature itself.
-    bundle_cache: Arc<Mutex<Option<(Arc<TrustBundle>, ca::TrustBundle)>>>,
+    bundle_cache: Arc<Mutex<Option<CachedBundle>>>,
     /// Flips to true when the server stops: long-lived watch streams end so that graceful
     /// shutdown does not wait on them forever.
     stopping: tokio::sync::watch::Receiver<bool>,

@@ -151,6 +151,11 @@ impl Citadel {
             .id
     }
 
+    pub async fn add_bundle_authority(&self, pem: String) {
+        let req = citadel_api::admin::BundleAuthorityRequest { pem };
+        self.admin().await.add_bundle_authority(req).await.unwrap();
+    }
+
     pub async fn delete_entry(&self, id: &str) {
         self.admin()
             .await
