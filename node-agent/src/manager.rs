@@ -177,11 +177,8 @@ impl Manager {
                 Ok(svid) => {
                     backoff.reset();
                     self.metrics.rotations.inc();
-                    let at = rotate_at(
-                        svid.leaf().not_before,
-                        svid.not_after(),
-                        unit(self.rng.as_ref()),
-                    );
+                    let obtained = self.clock.now().max(svid.leaf().not_before);
+                    let at = rotate_at(obtained, svid.not_after(), unit(self.rng.as_ref()));
                     tracing::debug!(%id, serial = svid.serial(), "SVID issued");
                     if let Some(w) = WorkloadSvid::new(svid) {
                         self.publish(|s| {
@@ -226,12 +223,9 @@ impl Manager {
         store: NodeStore,
     ) {
         let mut backoff = Backoff::new(self.backoff.base, self.backoff.cap);
+        let mut obtained = self.clock.now().max(current.leaf().not_before);
         loop {
-            let at = rotate_at(
-                current.leaf().not_before,
-                current.not_after(),
-                unit(self.rng.as_ref()),
-            );
+            let at = rotate_at(obtained, current.not_after(), unit(self.rng.as_ref()));
             sleep_until(self.clock.as_ref(), at).await;
             loop {
                 match self.renew_node(current.spiffe_id()).await {
@@ -245,6 +239,7 @@ impl Manager {
                         }
                         tracing::info!(serial = next.serial(), "node SVID renewed");
                         current = next;
+                        obtained = self.clock.now().max(current.leaf().not_before);
                         backoff.reset();
                         break;
                     }

@@ -11,12 +11,12 @@ pub fn unit(rng: &dyn RandomSource) -> f64 {
 }
 
 /// Rotate at half of the lifetime, ±10 % of that half (SPIRE's rule), so a fleet issued at the
-/// same moment does not renew at the same moment.
-pub fn rotate_at(not_before: SystemTime, not_after: SystemTime, draw: f64) -> SystemTime {
-    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
-    let half = lifetime / 2;
+/// same moment does not renew at the same moment. `start` is when the certificate was obtained
+/// (or its notBefore, if later): CAs backdate notBefore, which must not shorten the wait.
+pub fn rotate_at(start: SystemTime, not_after: SystemTime, draw: f64) -> SystemTime {
+    let half = not_after.duration_since(start).unwrap_or_default() / 2;
     let jitter = half.mul_f64(0.2 * draw);
-    not_before + half.mul_f64(0.9) + jitter
+    start + half.mul_f64(0.9) + jitter
 }
 
 /// Exponential backoff with full jitter in the upper half, capped.

@@ -22,7 +22,8 @@ use crate::attest::{Attestor, Workload};
 use crate::manager::Manager;
 use crate::metrics::{Metrics, StreamGuard};
 use crate::peer::{attest_caller, describe};
-use crate::secrets::{SecretView, Visible};
+use crate::secrets::{SecretView, Visible, Wanted};
+use sds::sotw::Subscription;
 
 /// The SDS service.
 #[derive(Debug, Clone)]
@@ -112,19 +113,21 @@ impl SdsServer {
                 continue;
             }
             let state = state_rx.borrow_and_update().clone();
-            let subscription = stream.subscription().clone();
-            match view.secrets(&state, &self.versions, |n| subscription.wants(n)) {
+            let wanted = match stream.subscription() {
+                Subscription::Names(names) if !names.contains("*") => Wanted::Names(names),
+                _ => Wanted::All,
+            };
+            match view.secrets(&state, &self.versions, wanted) {
                 Visible::Pending => continue,
                 Visible::NoIdentity => {
                     let _ = tx.send(Err(no_identity(&workload))).await;
                     return;
                 }
-                Visible::Ready(resources) => {
-                    let missing = stream.missing(&resources);
-                    if !missing.is_empty() {
+                Visible::Ready { resources, unknown } => {
+                    if !unknown.is_empty() {
                         let _ = tx
                             .send(Err(Status::invalid_argument(format!(
-                                "unknown or unauthorized secret names: {missing:?}"
+                                "unknown or unauthorized secret names: {unknown:?}"
                             ))))
                             .await;
                         return;
@@ -177,14 +180,19 @@ impl SdsServer {
                 continue;
             }
             let state = state_rx.borrow_and_update().clone();
-            let (wildcard, names) = (stream.is_wildcard(), stream.subscribed().clone());
-            match view.secrets(&state, &self.versions, |n| wildcard || names.contains(n)) {
+            let wanted = if stream.is_wildcard() {
+                Wanted::All
+            } else {
+                Wanted::Names(stream.subscribed())
+            };
+            match view.secrets(&state, &self.versions, wanted) {
                 Visible::Pending => continue,
                 Visible::NoIdentity => {
                     let _ = tx.send(Err(no_identity(&workload))).await;
                     return;
                 }
-                Visible::Ready(resources) => {
+                // Unknown names need no error here: delta reports them in removed_resources.
+                Visible::Ready { resources, .. } => {
                     if let Some(resp) = stream.next_response(&resources, &self.versions)
                         && tx.send(Ok(resp)).await.is_err()
                     {
@@ -203,8 +211,8 @@ impl SdsServer {
         let wait = async {
             loop {
                 let state = rx.borrow_and_update().clone();
-                match view.secrets(&state, &self.versions, |_| true) {
-                    Visible::Ready(r) => return Ok(r),
+                match view.secrets(&state, &self.versions, Wanted::All) {
+                    Visible::Ready { resources, .. } => return Ok(resources),
                     Visible::NoIdentity => return Err(no_identity(workload)),
                     Visible::Pending => {
                         if rx.changed().await.is_err() {

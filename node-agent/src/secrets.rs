@@ -90,6 +90,14 @@ fn validation(bundles: &[&TrustBundle], spiffe: bool) -> secret::Type {
     secret::Type::ValidationContext(context)
 }
 
+/// Which names a stream asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum Wanted<'a> {
+    /// Wildcard (or an empty SotW list): every secret of the workload.
+    All,
+    Names(&'a std::collections::BTreeSet<String>),
+}
+
 /// The secrets visible to a workload, or why it gets none.
 #[derive(Debug)]
 pub enum Visible {
@@ -97,7 +105,11 @@ pub enum Visible {
     Pending,
     /// No registration entry matches: the workload gets nothing.
     NoIdentity,
-    Ready(Resources),
+    /// What exists now, and the requested names this workload can never get.
+    Ready {
+        resources: Resources,
+        unknown: Vec<String>,
+    },
 }
 
 /// One stream's view of the secrets of one workload.
@@ -107,6 +119,7 @@ pub struct SecretView {
     spiffe_validation: bool,
     entries: Option<Arc<Vec<Entry>>>,
     entitled: Vec<SpiffeId>,
+    entitled_names: HashMap<String, SpiffeId>,
     built: HashMap<String, NamedResource>,
 }
 
@@ -117,6 +130,7 @@ impl SecretView {
             spiffe_validation: true,
             entries: None,
             entitled: Vec::new(),
+            entitled_names: HashMap::new(),
             built: HashMap::new(),
         }
     }
@@ -138,6 +152,11 @@ impl SecretView {
         if !same {
             self.entries = state.entries.clone();
             self.entitled = state.entitled(&self.selectors);
+            self.entitled_names = self
+                .entitled
+                .iter()
+                .map(|id| (id.to_string(), id.clone()))
+                .collect();
         }
     }
 
@@ -157,12 +176,45 @@ impl SecretView {
         }
     }
 
-    /// The secrets for `state`; only names for which `wanted` is true are built.
+    fn add_svid(
+        &mut self,
+        out: &mut Resources,
+        name: &str,
+        w: &WorkloadSvid,
+        versions: &VersionSource,
+    ) {
+        let version = versions.of_content(w.svid.serial().as_bytes());
+        out.insert(
+            name.to_string(),
+            self.get_or_build(name, version, || tls_certificate(w)),
+        );
+    }
+
+    fn add_bundle(
+        &mut self,
+        out: &mut Resources,
+        name: &str,
+        state: &AgentState,
+        versions: &VersionSource,
+    ) {
+        let bundle = state.bundle.clone();
+        let spiffe = self.spiffe_validation;
+        let version = versions.of_content(
+            format!("{}/{}/{spiffe}", bundle.trust_domain(), bundle.sequence()).as_bytes(),
+        );
+        out.insert(
+            name.to_string(),
+            self.get_or_build(name, version, || validation(&[bundle.as_ref()], spiffe)),
+        );
+    }
+
+    /// The secrets for `state` among `wanted`. Only requested secrets are looked at, and only
+    /// changed ones are rebuilt, so one rotation costs each stream a few map lookups.
     pub fn secrets(
         &mut self,
         state: &AgentState,
         versions: &VersionSource,
-        wanted: impl Fn(&str) -> bool,
+        wanted: Wanted<'_>,
     ) -> Visible {
         if state.entries.is_none() {
             return Visible::Pending;
@@ -171,39 +223,49 @@ impl SecretView {
         if self.entitled.is_empty() {
             return Visible::NoIdentity;
         }
-        let svids: Vec<Arc<WorkloadSvid>> = self
+        let first = self
             .entitled
             .iter()
-            .filter_map(|id| state.svids.get(id).cloned())
-            .collect();
-        if svids.is_empty() {
+            .find_map(|id| state.svids.get(id).cloned());
+        let Some(first) = first else {
             return Visible::Pending;
-        }
+        };
+        let td_id = state.bundle.trust_domain().id_string();
         let mut out = Resources::new();
-        for (i, w) in svids.iter().enumerate() {
-            let version = versions.of_content(w.svid.serial().as_bytes());
-            let id = w.id().to_string();
-            let names: &[&str] = if i == 0 { &[DEFAULT, &id] } else { &[&id] };
-            for name in names {
-                if wanted(name) {
-                    let r = self.get_or_build(name, version.clone(), || tls_certificate(w));
-                    out.insert(name.to_string(), r);
+        let mut unknown = Vec::new();
+        match wanted {
+            Wanted::All => {
+                self.add_svid(&mut out, DEFAULT, &first, versions);
+                let ids = self.entitled.clone();
+                for id in ids {
+                    if let Some(w) = state.svids.get(&id) {
+                        self.add_svid(&mut out, &id.to_string(), w, versions);
+                    }
+                }
+                for name in [ROOTCA, ALL, td_id.as_str()] {
+                    self.add_bundle(&mut out, name, state, versions);
+                }
+            }
+            Wanted::Names(names) => {
+                for name in names.iter().filter(|n| *n != "*") {
+                    if name == DEFAULT {
+                        self.add_svid(&mut out, DEFAULT, &first, versions);
+                    } else if name == ROOTCA || name == ALL || *name == td_id {
+                        self.add_bundle(&mut out, name, state, versions);
+                    } else if let Some(id) = self.entitled_names.get(name) {
+                        // Entitled but not minted yet: it will be pushed when it is.
+                        if let Some(w) = state.svids.get(id).cloned() {
+                            self.add_svid(&mut out, name, &w, versions);
+                        }
+                    } else {
+                        unknown.push(name.clone());
+                    }
                 }
             }
         }
-        let bundle = state.bundle.clone();
-        let spiffe = self.spiffe_validation;
-        let version = versions.of_content(
-            format!("{}/{}/{spiffe}", bundle.trust_domain(), bundle.sequence()).as_bytes(),
-        );
-        for name in [ROOTCA, ALL, &bundle.trust_domain().id_string()] {
-            if wanted(name) {
-                let r = self.get_or_build(name, version.clone(), || {
-                    validation(&[bundle.as_ref()], spiffe)
-                });
-                out.insert(name.to_string(), r);
-            }
+        Visible::Ready {
+            resources: out,
+            unknown,
         }
-        Visible::Ready(out)
     }
 }
