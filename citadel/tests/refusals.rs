@@ -173,8 +173,16 @@ async fn a_client_certificate_from_another_ca_is_rejected_at_the_handshake() {
         })
         .await
         .unwrap_err();
-    // The server's verifier rejects the chain during the handshake with an UnknownCA alert.
-    assert!(format!("{err:?}").contains("UnknownCA"), "{err:?}");
+    // The server's verifier rejects the chain during the handshake: the client sees the
+    // UnknownCA alert, or (TLS 1.3 sends the client's certificate after its Finished) just the
+    // connection closing, depending on timing.
+    let text = format!("{err:?}");
+    assert!(
+        text.contains("UnknownCA")
+            || text.contains("connection closed")
+            || text.contains("Connection reset"),
+        "{text}"
+    );
     assert!(
         audit_lines(dir.path())
             .iter()

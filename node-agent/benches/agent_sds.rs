@@ -215,7 +215,7 @@ async fn main() {
 
     // Each stream watches 10 identities; receipt times are recorded per (id, serial).
     let received: Arc<Mutex<HashMap<(String, String), f64>>> = Arc::default();
-    let per_stream = identities.div_ceil(streams);
+    let per_stream = identities.div_ceil(streams.max(1));
     for s in 0..streams {
         let names: Vec<String> = (s * per_stream..((s + 1) * per_stream).min(identities))
             .map(id)
@@ -316,7 +316,11 @@ async fn main() {
         }
     }
     latencies.sort_by(f64::total_cmp);
-    let _ = agent.kill();
+    // SIGTERM, so the agent (and a profiler wrapping it) shuts down cleanly.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
     let _ = agent.wait();
 
     println!();

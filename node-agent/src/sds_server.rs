@@ -32,6 +32,8 @@ pub struct SdsServer {
     pub attestor: Attestor,
     pub versions: Arc<VersionSource>,
     pub metrics: Arc<Metrics>,
+    /// Flips to true when the agent stops, ending every stream so shutdown does not hang.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -74,6 +76,7 @@ impl SdsServer {
     ) {
         let _guard = StreamGuard::new(&self.metrics.sds_streams);
         let mut state_rx = self.manager.subscribe();
+        let mut stopping = self.stopping.clone();
         let mut stream = SotwStream::new();
         let mut view = SecretView::new(workload.selectors.clone());
         loop {
@@ -86,6 +89,7 @@ impl SdsServer {
                     Ok(()) => Event::StateChanged,
                     Err(_) => return,
                 },
+                _ = stopping.wait_for(|s| *s) => return,
             };
             if let Event::Request(req) = event {
                 if let Some(node) = &req.node {
@@ -150,6 +154,7 @@ impl SdsServer {
     ) {
         let _guard = StreamGuard::new(&self.metrics.sds_streams);
         let mut state_rx = self.manager.subscribe();
+        let mut stopping = self.stopping.clone();
         let mut stream = DeltaStream::new();
         let mut view = SecretView::new(workload.selectors.clone());
         loop {
@@ -162,6 +167,7 @@ impl SdsServer {
                     Ok(()) => Event::StateChanged,
                     Err(_) => return,
                 },
+                _ = stopping.wait_for(|s| *s) => return,
             };
             if let Event::Request(req) = event {
                 if let Some(node) = &req.node {

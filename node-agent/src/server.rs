@@ -145,14 +145,17 @@ pub async fn run(
         tokio::spawn(follow_entries(ca.client(), manager.clone(), backoff, rng)),
     ];
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let attestor = Attestor::default();
     let sds = SdsServer {
         manager: manager.clone(),
         attestor: attestor.clone(),
         versions: Arc::new(sds::VersionSource::new(&instance_id())),
         metrics: metrics.clone(),
+        stopping: stop_rx.clone(),
     };
-    let workload = WorkloadApiServer::new(manager.clone(), attestor, metrics.clone());
+    let workload =
+        WorkloadApiServer::new(manager.clone(), attestor, metrics.clone(), stop_rx.clone());
     let listener = bind_socket(&config.socket)?;
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics)
         .await
@@ -161,7 +164,6 @@ pub async fn run(
         .local_addr()
         .map_err(|e| AgentError::Internal(e.to_string()))?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

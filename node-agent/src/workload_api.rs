@@ -38,6 +38,8 @@ pub struct WorkloadApiServer {
     pub attestor: Attestor,
     pub metrics: Arc<Metrics>,
     pub jwt_cache: Arc<Mutex<JwtCache>>,
+    /// Flips to true when the agent stops, ending every stream so shutdown does not hang.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
@@ -106,12 +108,18 @@ fn x509_response(
 }
 
 impl WorkloadApiServer {
-    pub fn new(manager: Arc<Manager>, attestor: Attestor, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        manager: Arc<Manager>,
+        attestor: Attestor,
+        metrics: Arc<Metrics>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             manager,
             attestor,
             metrics,
             jwt_cache: Arc::default(),
+            stopping,
         }
     }
 
@@ -127,6 +135,7 @@ impl WorkloadApiServer {
         let (tx, rx) = mpsc::channel(4);
         let mut state_rx = self.manager.subscribe();
         let guard = StreamGuard::new(&self.metrics.workload_api_streams);
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let mut last: Option<Fingerprint> = None;
@@ -148,6 +157,7 @@ impl WorkloadApiServer {
                 tokio::select! {
                     changed = state_rx.changed() => if changed.is_err() { return },
                     _ = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
                 }
             }
         });
