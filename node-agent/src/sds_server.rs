@@ -61,10 +61,23 @@ fn no_identity(w: &Workload) -> Status {
     ))
 }
 
-/// Waits for the next state change or request; `None` ends the stream.
+/// What wakes a stream: a client request or a new agent state.
 enum Event<T> {
     Request(T),
     StateChanged,
+}
+
+/// Waits for the next event; `None` when the client went away or the agent is stopping.
+async fn next_event<T>(
+    inbound: &mut Streaming<T>,
+    state: &mut tokio::sync::watch::Receiver<Arc<crate::state::AgentState>>,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Event<T>> {
+    tokio::select! {
+        msg = inbound.message() => msg.ok().flatten().map(Event::Request),
+        changed = state.changed() => changed.ok().map(|()| Event::StateChanged),
+        _ = stopping.wait_for(|s| *s) => None,
+    }
 }
 
 impl SdsServer {
@@ -80,16 +93,8 @@ impl SdsServer {
         let mut stream = SotwStream::new();
         let mut view = SecretView::new(workload.selectors.clone());
         loop {
-            let event = tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => Event::Request(req),
-                    _ => return,
-                },
-                changed = state_rx.changed() => match changed {
-                    Ok(()) => Event::StateChanged,
-                    Err(_) => return,
-                },
-                _ = stopping.wait_for(|s| *s) => return,
+            let Some(event) = next_event(&mut inbound, &mut state_rx, &mut stopping).await else {
+                return;
             };
             if let Event::Request(req) = event {
                 if let Some(node) = &req.node {
@@ -158,16 +163,8 @@ impl SdsServer {
         let mut stream = DeltaStream::new();
         let mut view = SecretView::new(workload.selectors.clone());
         loop {
-            let event = tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => Event::Request(req),
-                    _ => return,
-                },
-                changed = state_rx.changed() => match changed {
-                    Ok(()) => Event::StateChanged,
-                    Err(_) => return,
-                },
-                _ = stopping.wait_for(|s| *s) => return,
+            let Some(event) = next_event(&mut inbound, &mut state_rx, &mut stopping).await else {
+                return;
             };
             if let Event::Request(req) = event {
                 if let Some(node) = &req.node {
