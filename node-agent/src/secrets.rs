@@ -2,10 +2,11 @@
 //! SPIFFE ID, `ROOTCA` (own bundle), `ALL` (every bundle) and the trust-domain ID — as a
 //! SPIFFE certificate validator config, or plain `trusted_ca` when the Envoy opts out.
 //!
-//! A `SecretView` belongs to one stream: it remembers which identities the workload is
-//! entitled to (recomputed only when the entry list changes) and the secrets it already built
-//! (rebuilt only when their version changes), so a rotation elsewhere costs a stream almost
-//! nothing.
+//! A `SecretView` belongs to one stream: it remembers the workload's first identity and, for
+//! each name the stream asked for, whether the workload may have it (recomputed only when the
+//! entry list changes), plus the secrets it already built (rebuilt only when their version
+//! changes). It never copies the whole entitlement, so a stream costs memory in proportion to
+//! the names it watches, and a rotation elsewhere costs it a few map lookups.
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -118,8 +119,9 @@ pub struct SecretView {
     selectors: Vec<Selector>,
     spiffe_validation: bool,
     entries: Option<Arc<Vec<Entry>>>,
-    entitled: Vec<SpiffeId>,
-    entitled_names: HashMap<String, SpiffeId>,
+    first: Option<SpiffeId>,
+    /// Requested name → the identity it names, if the workload is entitled to it.
+    names: HashMap<String, Option<SpiffeId>>,
     built: HashMap<String, NamedResource>,
 }
 
@@ -129,8 +131,8 @@ impl SecretView {
             selectors,
             spiffe_validation: true,
             entries: None,
-            entitled: Vec::new(),
-            entitled_names: HashMap::new(),
+            first: None,
+            names: HashMap::new(),
             built: HashMap::new(),
         }
     }
@@ -151,13 +153,21 @@ impl SecretView {
         };
         if !same {
             self.entries = state.entries.clone();
-            self.entitled = state.entitled(&self.selectors);
-            self.entitled_names = self
-                .entitled
-                .iter()
-                .map(|id| (id.to_string(), id.clone()))
-                .collect();
+            self.first = state.first_entitled(&self.selectors).cloned();
+            self.names.clear();
         }
+    }
+
+    /// The identity `name` stands for, if this workload may have it (cached per entry list).
+    fn entitled_name(&mut self, state: &AgentState, name: &str) -> Option<SpiffeId> {
+        if let Some(known) = self.names.get(name) {
+            return known.clone();
+        }
+        let id = pki::identity::parse_spiffe_id(name)
+            .ok()
+            .filter(|id| state.is_entitled(&self.selectors, id));
+        self.names.insert(name.to_string(), id.clone());
+        id
     }
 
     fn get_or_build(
@@ -220,14 +230,11 @@ impl SecretView {
             return Visible::Pending;
         }
         self.refresh_entitlement(state);
-        if self.entitled.is_empty() {
+        let Some(first_id) = self.first.clone() else {
             return Visible::NoIdentity;
-        }
-        let first = self
-            .entitled
-            .iter()
-            .find_map(|id| state.svids.get(id).cloned());
-        let Some(first) = first else {
+        };
+        // `default` is always the first entitled identity; until it is minted, wait.
+        let Some(first) = state.svids.get(&first_id).cloned() else {
             return Visible::Pending;
         };
         let td_id = state.bundle.trust_domain().id_string();
@@ -236,8 +243,7 @@ impl SecretView {
         match wanted {
             Wanted::All => {
                 self.add_svid(&mut out, DEFAULT, &first, versions);
-                let ids = self.entitled.clone();
-                for id in ids {
+                for id in state.entitled(&self.selectors) {
                     if let Some(w) = state.svids.get(&id) {
                         self.add_svid(&mut out, &id.to_string(), w, versions);
                     }
@@ -252,9 +258,9 @@ impl SecretView {
                         self.add_svid(&mut out, DEFAULT, &first, versions);
                     } else if name == ROOTCA || name == ALL || *name == td_id {
                         self.add_bundle(&mut out, name, state, versions);
-                    } else if let Some(id) = self.entitled_names.get(name) {
+                    } else if let Some(id) = self.entitled_name(state, name) {
                         // Entitled but not minted yet: it will be pushed when it is.
-                        if let Some(w) = state.svids.get(id).cloned() {
+                        if let Some(w) = state.svids.get(&id).cloned() {
                             self.add_svid(&mut out, name, &w, versions);
                         }
                     } else {

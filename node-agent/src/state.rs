@@ -83,13 +83,30 @@ impl AgentState {
 
     /// The identities a workload with `selectors` is entitled to, in entry order, deduplicated.
     pub fn entitled(&self, selectors: &[Selector]) -> Vec<SpiffeId> {
-        let mut ids: Vec<SpiffeId> = Vec::new();
-        for e in self.entries.iter().flat_map(|e| e.iter()) {
-            if e.matches(selectors) && !ids.contains(&e.spiffe_id) {
-                ids.push(e.spiffe_id.clone());
-            }
-        }
-        ids
+        let mut seen = std::collections::HashSet::new();
+        self.entries
+            .iter()
+            .flat_map(|e| e.iter())
+            .filter(|e| e.matches(selectors) && seen.insert(&e.spiffe_id))
+            .map(|e| e.spiffe_id.clone())
+            .collect()
+    }
+
+    /// The first identity a workload with `selectors` is entitled to (its `default`).
+    pub fn first_entitled(&self, selectors: &[Selector]) -> Option<&SpiffeId> {
+        self.entries
+            .iter()
+            .flat_map(|e| e.iter())
+            .find(|e| e.matches(selectors))
+            .map(|e| &e.spiffe_id)
+    }
+
+    /// Whether a workload with `selectors` is entitled to `id`.
+    pub fn is_entitled(&self, selectors: &[Selector], id: &SpiffeId) -> bool {
+        self.entries
+            .iter()
+            .flat_map(|e| e.iter())
+            .any(|e| &e.spiffe_id == id && e.matches(selectors))
     }
 
     /// What a workload gets right now.
