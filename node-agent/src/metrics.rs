@@ -30,46 +30,51 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("citadel_agent");
-        let m = Self {
-            rotations: Counter::default(),
-            rotation_failures: Counter::default(),
-            sds_streams: Gauge::default(),
-            workload_api_streams: Gauge::default(),
-            svids_held: Gauge::default(),
-            soonest_expiry: Gauge::default(),
-            registry: Registry::default(),
-        };
+        let rotations = Counter::default();
+        let rotation_failures = Counter::default();
+        let sds_streams = Gauge::default();
+        let workload_api_streams = Gauge::default();
+        let svids_held = Gauge::default();
+        let soonest_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "svid_rotations",
             "SVIDs obtained from citadel (first issue and rotations)",
-            m.rotations.clone(),
+            rotations.clone(),
         );
         registry.register(
             "svid_rotation_failures",
             "Failed attempts to obtain an SVID from citadel",
-            m.rotation_failures.clone(),
+            rotation_failures.clone(),
         );
         registry.register(
             "sds_streams",
             "Connected Envoy SDS streams",
-            m.sds_streams.clone(),
+            sds_streams.clone(),
         );
         registry.register(
             "workload_api_streams",
             "Connected SPIFFE Workload API streams",
-            m.workload_api_streams.clone(),
+            workload_api_streams.clone(),
         );
         registry.register(
             "svids_held",
             "Workload SVIDs currently held",
-            m.svids_held.clone(),
+            svids_held.clone(),
         );
         registry.register(
             "svid_soonest_expiry_seconds",
             "Seconds until the soonest-expiring held SVID expires",
-            m.soonest_expiry.clone(),
+            soonest_expiry.clone(),
         );
-        Self { registry, ..m }
+        Self {
+            registry,
+            rotations,
+            rotation_failures,
+            sds_streams,
+            workload_api_streams,
+            svids_held,
+            soonest_expiry,
+        }
     }
 
     /// Renders the exposition text, refreshing the gauges derived from `state`.

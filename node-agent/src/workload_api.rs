@@ -164,6 +164,24 @@ impl WorkloadApiServer {
         Box::pin(ReceiverStream::new(rx))
     }
 
+    /// A full-state stream of the trust bundle, keyed by trust-domain ID and encoded by
+    /// `encode`; a workload with no identity is refused, as for its SVIDs.
+    fn bundle_stream<M: Send + 'static>(
+        &self,
+        workload: Workload,
+        encode: fn(&TrustBundle) -> Vec<u8>,
+        wrap: fn(HashMap<String, Vec<u8>>) -> M,
+    ) -> BoxStream<M> {
+        self.full_state_stream(workload, move |state, w| {
+            if state.entries.is_some() && state.first_entitled(&w.selectors).is_none() {
+                return Err(no_identity(w));
+            }
+            let b = &state.bundle;
+            let bundles = HashMap::from([(b.trust_domain().id_string(), encode(b))]);
+            Ok(Some((vec![b.sequence().to_string()], wrap(bundles))))
+        })
+    }
+
     async fn jwt_for(&self, id: &SpiffeId, audience: &[String]) -> Result<String, Status> {
         let now = self.manager.clock().now();
         let key = (id.clone(), audience.to_vec());
@@ -216,24 +234,13 @@ impl SpiffeWorkloadApi for WorkloadApiServer {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&req)?;
         let workload = attest_caller(&self.attestor, &req)?;
-        Ok(Response::new(self.full_state_stream(
+        let encode = |b: &TrustBundle| der_concat(b.x509_authorities());
+        Ok(Response::new(self.bundle_stream(
             workload,
-            |state, w| {
-                if let WorkloadView::NoIdentity = state.view(&w.selectors) {
-                    return Err(no_identity(w));
-                }
-                let b = &state.bundle;
-                let bundles = HashMap::from([(
-                    b.trust_domain().id_string(),
-                    der_concat(b.x509_authorities()),
-                )]);
-                Ok(Some((
-                    vec![b.sequence().to_string()],
-                    X509BundlesResponse {
-                        crl: vec![],
-                        bundles,
-                    },
-                )))
+            encode,
+            |bundles| X509BundlesResponse {
+                crl: vec![],
+                bundles,
             },
         )))
     }
@@ -281,20 +288,10 @@ impl SpiffeWorkloadApi for WorkloadApiServer {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
         let workload = attest_caller(&self.attestor, &req)?;
-        Ok(Response::new(self.full_state_stream(
+        Ok(Response::new(self.bundle_stream(
             workload,
-            |state, w| {
-                if let WorkloadView::NoIdentity = state.view(&w.selectors) {
-                    return Err(no_identity(w));
-                }
-                let b = &state.bundle;
-                let bundles =
-                    HashMap::from([(b.trust_domain().id_string(), jwt_bundle_document(b))]);
-                Ok(Some((
-                    vec![b.sequence().to_string()],
-                    JwtBundlesResponse { bundles },
-                )))
-            },
+            jwt_bundle_document,
+            |bundles| JwtBundlesResponse { bundles },
         )))
     }
 

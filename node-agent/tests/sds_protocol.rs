@@ -199,9 +199,29 @@ async fn every_resource_name_and_protocol_variant() {
     assert_eq!(resp.removed_resources, ["nope"]);
     assert!(!resp.resources[0].version.is_empty());
 
-    let metrics = agent.metrics().await;
-    assert!(
-        metric(&metrics, "citadel_agent_sds_streams") >= 0.0,
-        "{metrics}"
-    );
+    drop(stream);
+
+    // The stream gauge counts a connected stream, and drops when it goes away.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(request(&["default"], None)).await.unwrap();
+    let mut open = client
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(20), open.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let streams = |text: String| metric(&text, "citadel_agent_sds_streams");
+    assert_eq!(streams(agent.metrics().await), 1.0);
+    drop(tx);
+    drop(open);
+    eventually(
+        Duration::from_secs(10),
+        "the SDS stream gauge to drop",
+        async || (streams(agent.metrics().await) == 0.0).then_some(()),
+    )
+    .await;
 }

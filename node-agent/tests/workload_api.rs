@@ -304,7 +304,6 @@ async fn a_process_matching_no_entry_gets_nothing() {
         sds.fetch_secrets(req).await.unwrap_err().code(),
         Code::PermissionDenied
     );
-    let _ = SystemTime::now();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,20 +84,10 @@ fn verify_peer(
     let mut chain = Vec::with_capacity(1 + intermediates.len());
     chain.push(end_entity.clone());
     chain.extend(intermediates.iter().cloned());
-    let now = SystemTime::UNIX_EPOCH + now.as_secs_duration();
+    let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
     let id = verify_svid_with(&chain, bundles, now, usage).map_err(to_rustls)?;
     policy.check(&id).map_err(to_rustls)?;
     Ok(id)
-}
-
-trait AsSecsDuration {
-    fn as_secs_duration(&self) -> std::time::Duration;
-}
-
-impl AsSecsDuration for UnixTime {
-    fn as_secs_duration(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.as_secs())
-    }
 }
 
 /// Verifies a TLS server as a SPIFFE peer. The DNS name the client dialled is not checked: the
