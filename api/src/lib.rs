@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod channel;
+pub mod fs;
 pub mod selector;
 
 pub use selector::{Selector, SelectorError};
@@ -47,3 +48,49 @@ pub use proto::spiffe_workload as workload;
 /// Largest gRPC message citadel's API accepts; a CSR is at most 64 KiB, so anything much larger
 /// is refused by the transport before any parsing.
 pub const MAX_MESSAGE_BYTES: usize = 80 * 1024;
+
+/// gRPC metadata key on which the node agent reports its version to citadel.
+pub const AGENT_VERSION_HEADER: &str = "citadel-agent-version";
+
+/// The node a join token names. Tokens are `NODE.SECRET` (the secret is hex), so an agent can
+/// learn its node name from the token alone; `None` for a token without that form.
+pub fn join_token_node(token: &str) -> Option<&str> {
+    let (node, secret) = token.rsplit_once('.')?;
+    (!node.is_empty() && !secret.is_empty() && secret.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(node)
+}
+
+/// A join token: a secret, so `Debug` shows only the node it is for.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct JoinToken(String);
+
+impl JoinToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into().trim().to_string())
+    }
+
+    /// The token itself, to send to citadel.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The node it names, if it has the `NODE.SECRET` form.
+    pub fn node(&self) -> Option<&str> {
+        join_token_node(&self.0)
+    }
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JoinToken(node={:?}, <redacted>)", self.node())
+    }
+}
+
+impl std::str::FromStr for JoinToken {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
+}

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use citadel_api::admin::admin_client::AdminClient;
 use citadel_api::admin::{
-    BundleAuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest, DeleteEntryRequest,
-    ListEntriesRequest,
+    BundleAuthorityRequest, CreateEntriesRequest, CreateEntryRequest, CreateJoinTokenRequest,
+    DeleteEntryRequest, EvictNodeRequest, ListEntriesRequest, ListNodesRequest,
 };
 use citadel_api::ca::TrustBundleRequest;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -18,7 +18,7 @@ use pki::{KeyAlgorithm, SystemClock, SystemRandom, TrustBundle};
 use tonic::transport::Channel;
 
 use crate::authority::CaSource;
-use crate::server::{ServeConfig, admin_socket, serve};
+use crate::server::{Limits, ServeConfig, admin_socket, serve};
 use crate::service::TtlPolicy;
 
 #[derive(Debug, Parser)]
@@ -53,6 +53,28 @@ pub enum Command {
     /// The trust bundle.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Attested nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List attested nodes: name, SVID serial and expiry, last contact, agent version.
+    List {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Evict a node: its renewals, mints and watches are refused from the next call, and it
+    /// needs a new join token to come back.
+    Evict { name: String },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -93,6 +115,12 @@ pub struct ServeArgs {
     /// Extra DNS name or IP for citadel's serving certificate (repeatable).
     #[arg(long = "san")]
     pub sans: Vec<String>,
+    /// Concurrent HTTP/2 streams one connection may open (calls and watches).
+    #[arg(long, default_value_t = Limits::default().max_concurrent_streams)]
+    pub max_concurrent_streams: u32,
+    /// TLS handshakes in progress at once; further connections wait to be accepted.
+    #[arg(long, default_value_t = Limits::default().max_handshakes)]
+    pub max_concurrent_handshakes: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,28 +136,74 @@ pub enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum EntryCommand {
-    /// Assign an identity to workloads on a node that match every selector.
+    /// Assign an identity to workloads on a node that match every selector; or, with
+    /// `--file`, create every entry in a YAML file, atomically (all or none).
     Create {
-        #[arg(long)]
-        spiffe_id: String,
-        #[arg(long)]
-        node: String,
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        spiffe_id: Option<String>,
+        #[arg(long, required_unless_present = "file", conflicts_with = "file")]
+        node: Option<String>,
         /// `unix:uid:N`, `unix:gid:N`, `unix:user:NAME`, `unix:group:NAME`, `unix:path:PATH`.
-        #[arg(long = "selector", required = true)]
+        #[arg(long = "selector", conflicts_with = "file")]
         selectors: Vec<String>,
         #[arg(long, value_parser = duration, default_value = "1h")]
         ttl: Duration,
+        /// YAML list of entries: `- {spiffe_id: ..., node: ..., selectors: [...], ttl: 1h}`.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
-    /// List entries, optionally of one node.
+    /// List entries; filters combine.
     List {
         #[arg(long)]
         node: Option<String>,
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// The entry must carry this selector (repeatable: all of them).
+        #[arg(long = "selector")]
+        selectors: Vec<String>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Delete an entry by id.
     Delete {
         #[arg(long)]
         id: String,
     },
+}
+
+/// One entry of an `entry create --file` document.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryFileItem {
+    spiffe_id: String,
+    node: String,
+    selectors: Vec<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// Reads an entries file; errors name the file and the entry.
+fn read_entry_file(path: &Path, default_ttl: Duration) -> anyhow::Result<Vec<CreateEntryRequest>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let items: Vec<EntryFileItem> = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("{}: not a YAML list of entries", path.display()))?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let ttl = match &item.ttl {
+                Some(t) => duration(t)
+                    .map_err(|e| anyhow::anyhow!("{}: entries[{i}].ttl: {e}", path.display()))?,
+                None => default_ttl,
+            };
+            Ok(CreateEntryRequest {
+                spiffe_id: item.spiffe_id,
+                node: item.node,
+                selectors: item.selectors,
+                ttl_seconds: ttl.as_secs() as i64,
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -164,6 +238,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token(&cli.data_dir, cmd).await,
         Command::Entry(cmd) => entry(&cli.data_dir, cmd).await,
         Command::Bundle(cmd) => bundle(&cli.data_dir, cmd).await,
+        Command::Node(cmd) => node(&cli.data_dir, cmd).await,
     }
 }
 
@@ -189,6 +264,10 @@ async fn run_serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         },
         server_sans: args.sans,
         server_cert_ttl: Duration::from_secs(24 * 3600),
+        limits: Limits {
+            max_concurrent_streams: args.max_concurrent_streams,
+            max_handshakes: args.max_concurrent_handshakes,
+        },
     };
     serve(
         config,
@@ -248,41 +327,85 @@ async fn entry(data_dir: &Path, cmd: EntryCommand) -> anyhow::Result<()> {
     let mut client = admin(data_dir).await?;
     match cmd {
         EntryCommand::Create {
+            file: Some(file),
+            ttl,
+            ..
+        } => {
+            let entries = read_entry_file(&file, ttl)?;
+            let created = client
+                .create_entries(CreateEntriesRequest { entries })
+                .await
+                .map_err(|e| status(e).context(file.display().to_string()))?
+                .into_inner();
+            for e in &created.entries {
+                println!("{}", e.id);
+            }
+        }
+        EntryCommand::Create {
             spiffe_id,
             node,
             selectors,
             ttl,
+            file: None,
         } => {
+            if selectors.is_empty() {
+                bail!("--selector is required (at least one)");
+            }
             let req = CreateEntryRequest {
-                spiffe_id,
-                node,
+                spiffe_id: spiffe_id.unwrap_or_default(),
+                node: node.unwrap_or_default(),
                 selectors,
                 ttl_seconds: ttl.as_secs() as i64,
             };
             let e = client.create_entry(req).await.map_err(status)?.into_inner();
             println!("{}", e.id);
         }
-        EntryCommand::List { node } => {
+        EntryCommand::List {
+            node,
+            spiffe_id,
+            selectors,
+            output,
+        } => {
             let list = client
                 .list_entries(ListEntriesRequest {
                     node: node.unwrap_or_default(),
+                    spiffe_id: spiffe_id.unwrap_or_default(),
+                    selectors,
                 })
                 .await
                 .map_err(status)?
                 .into_inner();
-            println!(
-                "{:<16}  {:<12}  {:>7}  {:<48}  SELECTORS",
-                "ID", "NODE", "TTL", "SPIFFE ID"
-            );
-            for e in list.entries {
-                println!(
-                    "{:<16}  {:<12}  {:>6}s  {:<48}  {}",
-                    e.id,
-                    e.node,
-                    e.ttl_seconds,
-                    e.spiffe_id,
-                    e.selectors.join(",")
-                );
+            match output {
+                Output::Json => {
+                    let rows: Vec<_> = list
+                        .entries
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "id": e.id, "spiffe_id": e.spiffe_id, "node": e.node,
+                                "selectors": e.selectors, "ttl_seconds": e.ttl_seconds,
+                                "created_at_unix": e.created_at_unix,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                }
+                Output::Table => {
+                    println!(
+                        "{:<16}  {:<12}  {:>7}  {:<48}  SELECTORS",
+                        "ID", "NODE", "TTL", "SPIFFE ID"
+                    );
+                    for e in list.entries {
+                        println!(
+                            "{:<16}  {:<12}  {:>6}s  {:<48}  {}",
+                            e.id,
+                            e.node,
+                            e.ttl_seconds,
+                            e.spiffe_id,
+                            e.selectors.join(",")
+                        );
+                    }
+                }
             }
         }
         EntryCommand::Delete { id } => {
@@ -291,6 +414,81 @@ async fn entry(data_dir: &Path, cmd: EntryCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(status)?;
             println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+fn when(unix: i64) -> String {
+    if unix <= 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(unix as u64))
+        .to_string()
+}
+
+async fn node(data_dir: &Path, cmd: NodeCommand) -> anyhow::Result<()> {
+    let mut client = admin(data_dir).await?;
+    match cmd {
+        NodeCommand::List { output } => {
+            let nodes = client
+                .list_nodes(ListNodesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner()
+                .nodes;
+            match output {
+                Output::Json => {
+                    let rows: Vec<_> = nodes
+                        .iter()
+                        .map(|n| {
+                            serde_json::json!({
+                                "name": n.name, "spiffe_id": n.spiffe_id, "serial": n.serial,
+                                "expires_at_unix": n.expires_at_unix,
+                                "attested_at_unix": n.attested_at_unix,
+                                "last_seen_unix": n.last_seen_unix,
+                                "agent_version": n.agent_version,
+                                "evicted": n.evicted_at_unix > 0,
+                                "evicted_at_unix": n.evicted_at_unix,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                }
+                Output::Table => {
+                    println!(
+                        "{:<16}  {:<34}  {:<20}  {:<20}  {:<9}  STATUS",
+                        "NAME", "SERIAL", "EXPIRES", "LAST SEEN", "VERSION"
+                    );
+                    for n in nodes {
+                        let state = if n.evicted_at_unix > 0 {
+                            format!("evicted {}", when(n.evicted_at_unix))
+                        } else {
+                            "attested".into()
+                        };
+                        let serial: String = n.serial.chars().take(32).collect();
+                        println!(
+                            "{:<16}  {:<34}  {:<20}  {:<20}  {:<9}  {state}",
+                            n.name,
+                            serial,
+                            when(n.expires_at_unix),
+                            when(n.last_seen_unix),
+                            if n.agent_version.is_empty() {
+                                "-"
+                            } else {
+                                &n.agent_version
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        NodeCommand::Evict { name } => {
+            client
+                .evict_node(EvictNodeRequest { name: name.clone() })
+                .await
+                .map_err(status)?;
+            println!("evicted {name}");
         }
     }
     Ok(())

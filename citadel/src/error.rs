@@ -44,7 +44,12 @@ impl From<RegistryError> for CaError {
             RegistryError::InvalidNode(_) | RegistryError::InvalidEntry(_) => {
                 CaError::InvalidArgument(e.to_string())
             }
-            RegistryError::NoSuchEntry(_) => CaError::NotFound(e.to_string()),
+            RegistryError::NoSuchEntry(_) | RegistryError::NoSuchNode(_) => {
+                CaError::NotFound(e.to_string())
+            }
+            RegistryError::Evicted(_) | RegistryError::UnknownNodeSvid { .. } => {
+                CaError::PermissionDenied(e.to_string())
+            }
             RegistryError::Persist(_) => CaError::Internal(e.to_string()),
         }
     }

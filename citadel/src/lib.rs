@@ -14,4 +14,5 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod store;
 pub mod tls_server;

@@ -21,6 +21,11 @@ pub struct RefusalLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub kind: &'static str,
+}
+
 /// Every metric citadel exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -30,6 +35,12 @@ pub struct Metrics {
     pub sign_seconds: Histogram,
     root_expiry: Gauge<f64, AtomicU64>,
     intermediate_expiry: Gauge<f64, AtomicU64>,
+    /// Open watch streams, by kind (`entries`, `bundle`).
+    pub watch_streams: Family<StreamLabels, Gauge>,
+    /// TLS handshakes in progress on the gRPC port (bounded by --max-concurrent-handshakes).
+    pub tls_handshakes: Gauge,
+    /// Connections closed because their client certificate expired.
+    pub expired_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -72,8 +83,29 @@ impl Metrics {
             "Seconds until the signing (intermediate) CA certificate expires",
             intermediate_expiry.clone(),
         );
+        let watch_streams = Family::<StreamLabels, Gauge>::default();
+        let tls_handshakes = Gauge::default();
+        let expired_connections = Counter::default();
+        registry.register(
+            "watch_streams",
+            "Open WatchEntries and WatchTrustBundle streams",
+            watch_streams.clone(),
+        );
+        registry.register(
+            "tls_handshakes_in_progress",
+            "TLS handshakes in progress on the gRPC port",
+            tls_handshakes.clone(),
+        );
+        registry.register(
+            "connections_expired",
+            "Connections closed when their client certificate expired",
+            expired_connections.clone(),
+        );
         Self {
             registry,
+            watch_streams,
+            tls_handshakes,
+            expired_connections,
             issued,
             refused,
             sign_seconds,
@@ -115,5 +147,26 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Counts an open stream for as long as it lives.
+#[derive(Debug)]
+pub struct StreamGuard(Gauge);
+
+impl StreamGuard {
+    pub fn new(metrics: &Metrics, kind: &'static str) -> Self {
+        let gauge = metrics
+            .watch_streams
+            .get_or_create(&StreamLabels { kind })
+            .clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -43,6 +43,25 @@ pub struct ServeConfig {
     pub server_sans: Vec<String>,
     /// Lifetime of citadel's own serving certificate.
     pub server_cert_ttl: Duration,
+    pub limits: Limits,
+}
+
+/// Bounds on what one client can make citadel hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Concurrent HTTP/2 streams per connection (calls plus open watches).
+    pub max_concurrent_streams: u32,
+    /// TLS handshakes in progress at once on the gRPC port.
+    pub max_handshakes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            max_handshakes: 128,
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -112,7 +131,11 @@ pub async fn serve(
         clock.now(),
         rng.as_ref(),
     )?);
-    let registry = Arc::new(Registry::open(data_dir, config.trust_domain.clone())?);
+    let registry = Arc::new(Registry::open(
+        data_dir,
+        config.trust_domain.clone(),
+        clock.now(),
+    )?);
     let audit_path = data_dir.join("audit.log");
     let audit = Arc::new(
         AuditLog::open(&audit_path).map_err(|source| ServeError::DataDir {
@@ -168,10 +191,17 @@ pub async fn serve(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let grpc = Server::builder()
+        .max_concurrent_streams(config.limits.max_concurrent_streams)
         .add_service(node)
         .add_service(istio)
         .serve_with_incoming_shutdown(
-            crate::tls_server::tls_incoming(grpc_listener, tls),
+            crate::tls_server::tls_incoming(
+                grpc_listener,
+                tls,
+                config.limits.max_handshakes,
+                clock.clone(),
+                metrics.clone(),
+            ),
             stopped(stop_rx.clone()),
         );
     let admin = Server::builder()

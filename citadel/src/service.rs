@@ -11,14 +11,14 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::authority::Authority;
 use crate::error::CaError;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{NodeSvid, Registry};
 
 /// Lifetimes the CA hands out.
 #[derive(Debug, Clone)]
 pub struct TtlPolicy {
     /// Node SVIDs from attestation and their renewals.
     pub node: Duration,
-    /// Upper bound for any SVID, whatever an entry or request asks.
+    /// Upper bound for any SVID (node SVIDs included), whatever an entry or request asks.
     pub max: Duration,
 }
 
@@ -36,10 +36,17 @@ impl Default for TtlPolicy {
 pub enum Caller {
     Anonymous,
     /// Verified at the TLS handshake against the bundle.
-    Svid {
-        id: SpiffeId,
-        not_after: SystemTime,
-    },
+    Svid(PeerSvid),
+}
+
+/// The client SVID of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSvid {
+    pub id: SpiffeId,
+    /// Hex serial, as `X509Svid::serial` gives it.
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
 }
 
 /// Where a request came from and through which method.
@@ -48,6 +55,20 @@ pub struct RequestContext {
     pub method: &'static str,
     pub caller: Caller,
     pub peer: Option<SocketAddr>,
+    /// What the node agent reported as its version, if anything.
+    pub agent_version: String,
+}
+
+/// Why an authenticated caller may have what it asked for: the one answer to "who may hold
+/// which identity". Workload SVIDs are only ever issued to the node agent of the node their
+/// entry names (Istio's rule: workload certificates come through the node's agent); a workload
+/// SVID cannot renew itself or obtain anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// A node renews its own SVID.
+    NodeRenewal { node: String },
+    /// A node obtains an identity that an entry assigns to it.
+    Workload { node: String, entry_ttl: Duration },
 }
 
 /// A freshly issued SVID and the bundle that verifies it.
@@ -68,6 +89,14 @@ pub struct IssuedJwt {
 /// What an issuance contributes to its audit line.
 pub trait Outcome {
     fn describe(&self, event: &mut AuditEvent);
+}
+
+fn node_svid(issued: &Issued, ctx: &RequestContext) -> NodeSvid {
+    NodeSvid {
+        serial: issued.svid.serial().to_string(),
+        expires_at: issued.svid.not_after(),
+        agent_version: ctx.agent_version.clone(),
+    }
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -105,7 +134,8 @@ pub struct CaService {
 }
 
 impl CaService {
-    /// Join-token attestation: token, then CSR, then the CSR must name the token's node.
+    /// Join-token attestation: token, then CSR, then the CSR must name the token's node. The
+    /// token is spent in one transaction with the node's record, only after signing succeeded.
     pub fn attest_node(
         &self,
         ctx: &RequestContext,
@@ -127,55 +157,57 @@ impl CaService {
                     csr.spiffe_id()
                 )));
             }
-            self.registry.consume_token(token, now)?;
-            self.sign(&csr, self.ttl.node, now)
+            let issued = self.sign(&csr, self.cap(self.ttl.node, Duration::ZERO), now)?;
+            self.registry
+                .spend_token(token, &node, &node_svid(&issued, ctx), now)?;
+            Ok(issued)
         })();
         self.finish(ctx, caller, started, now, result)
     }
 
-    /// A caller renews its own SVID: node identities always may, workload identities while an
-    /// entry still assigns them.
+    /// A node renews its own SVID (`RenewSvid`).
     pub fn renew(
         &self,
         ctx: &RequestContext,
         csr: &[u8],
         requested: Duration,
     ) -> Result<Issued, CaError> {
-        self.authenticated(ctx, |caller, now| {
+        self.authenticated(ctx, |peer, now| {
             let csr = Csr::parse_for(csr, self.authority.trust_domain())?;
-            self.authorize_own(caller, csr.spiffe_id())?;
-            let ttl = self.node_or_entry_ttl(caller, requested);
-            self.sign(&csr, ttl, now)
+            match self.authorize(ctx, peer, csr.spiffe_id(), now)? {
+                Grant::NodeRenewal { node } => {
+                    self.renew_node(ctx, peer, &node, &csr, requested, now)
+                }
+                Grant::Workload { .. } => Err(CaError::PermissionDenied(format!(
+                    "RenewSvid renews the caller's own node SVID, not {}; use MintX509Svid",
+                    csr.spiffe_id()
+                ))),
+            }
         })
     }
 
-    /// A node asks for a workload SVID that an entry assigns to it.
+    /// A node asks for a workload SVID that an entry assigns to it (`MintX509Svid`).
     pub fn mint_workload(
         &self,
         ctx: &RequestContext,
         csr: &[u8],
         requested: Duration,
     ) -> Result<Issued, CaError> {
-        self.authenticated(ctx, |caller, now| {
-            let node = node_name(caller, self.authority.trust_domain()).ok_or_else(|| {
-                CaError::PermissionDenied(format!("{caller} is not a node identity"))
-            })?;
+        self.authenticated(ctx, |peer, now| {
             let csr = Csr::parse_for(csr, self.authority.trust_domain())?;
-            let entry = self
-                .registry
-                .entry_for(node, csr.spiffe_id())
-                .ok_or_else(|| {
-                    CaError::PermissionDenied(format!(
-                        "no entry assigns {} to node {node}",
-                        csr.spiffe_id()
-                    ))
-                })?;
-            self.sign(&csr, self.cap(entry.ttl, requested), now)
+            match self.authorize(ctx, peer, csr.spiffe_id(), now)? {
+                Grant::Workload { entry_ttl, .. } => {
+                    self.sign(&csr, self.cap(entry_ttl, requested), now)
+                }
+                Grant::NodeRenewal { .. } => Err(CaError::PermissionDenied(
+                    "MintX509Svid issues workload identities; a node renews with RenewSvid".into(),
+                )),
+            }
         })
     }
 
-    /// Istio's CreateCertificate: the caller's own identity (renewal rules), or, for a node, an
-    /// identity an entry assigns to it (how ztunnel asks on behalf of workloads).
+    /// Istio's CreateCertificate: a node renews itself or obtains an identity an entry assigns
+    /// to it (how ztunnel asks on behalf of workloads).
     pub fn istio_create(
         &self,
         ctx: &RequestContext,
@@ -183,7 +215,7 @@ impl CaService {
         requested: Duration,
         impersonated: Option<&str>,
     ) -> Result<Issued, CaError> {
-        self.authenticated(ctx, |caller, now| {
+        self.authenticated(ctx, |peer, now| {
             let csr = Csr::parse_for(csr_pem.as_bytes(), self.authority.trust_domain())?;
             if let Some(wanted) = impersonated.filter(|s| !s.is_empty())
                 && wanted != csr.spiffe_id().to_string()
@@ -193,23 +225,18 @@ impl CaService {
                     csr.spiffe_id()
                 )));
             }
-            if csr.spiffe_id() == caller {
-                self.authorize_own(caller, csr.spiffe_id())?;
-                return self.sign(&csr, self.node_or_entry_ttl(caller, requested), now);
+            match self.authorize(ctx, peer, csr.spiffe_id(), now)? {
+                Grant::NodeRenewal { node } => {
+                    self.renew_node(ctx, peer, &node, &csr, requested, now)
+                }
+                Grant::Workload { entry_ttl, .. } => {
+                    self.sign(&csr, self.cap(entry_ttl, requested), now)
+                }
             }
-            let entry = node_name(caller, self.authority.trust_domain())
-                .and_then(|node| self.registry.entry_for(node, csr.spiffe_id()))
-                .ok_or_else(|| {
-                    CaError::PermissionDenied(format!(
-                        "{caller} may not hold or obtain {}",
-                        csr.spiffe_id()
-                    ))
-                })?;
-            self.sign(&csr, self.cap(entry.ttl, requested), now)
         })
     }
 
-    /// A JWT-SVID for the caller's own ID or, for a node, an ID an entry assigns to it.
+    /// A JWT-SVID for the calling node's own ID or an ID an entry assigns to it.
     pub fn mint_jwt(
         &self,
         ctx: &RequestContext,
@@ -217,7 +244,7 @@ impl CaService {
         audience: &[String],
         requested: Duration,
     ) -> Result<IssuedJwt, CaError> {
-        self.authenticated(ctx, |caller, now| {
+        self.authenticated(ctx, |peer, now| {
             let id = pki::identity::parse_spiffe_id(spiffe_id)
                 .map_err(|e| CaError::InvalidArgument(e.to_string()))?;
             if audience.is_empty() || audience.iter().any(|a| a.is_empty()) {
@@ -225,16 +252,7 @@ impl CaService {
                     "a JWT-SVID needs at least one non-empty audience".into(),
                 ));
             }
-            if &id == caller {
-                self.authorize_own(caller, &id)?;
-            } else {
-                let node = node_name(caller, self.authority.trust_domain()).ok_or_else(|| {
-                    CaError::PermissionDenied(format!("{caller} may not obtain {id}"))
-                })?;
-                self.registry.entry_for(node, &id).ok_or_else(|| {
-                    CaError::PermissionDenied(format!("no entry assigns {id} to node {node}"))
-                })?;
-            }
+            self.authorize(ctx, peer, &id, now)?;
             let ttl = self.cap(JWT_TTL, requested);
             let (token, expires_at) = self
                 .authority
@@ -249,10 +267,72 @@ impl CaService {
         })
     }
 
+    /// The node a caller's SVID names, if it is an attested, non-evicted node presenting an
+    /// SVID citadel still accepts; notes the contact.
+    pub fn authorize_node_caller(
+        &self,
+        ctx: &RequestContext,
+        peer: &PeerSvid,
+        now: SystemTime,
+    ) -> Result<String, CaError> {
+        let node = node_name(&peer.id, self.authority.trust_domain()).ok_or_else(|| {
+            CaError::PermissionDenied(format!(
+                "{} is a workload identity; only node agents may call {} (workload SVIDs are \
+                 issued through the agent of the node their entry names)",
+                peer.id, ctx.method
+            ))
+        })?;
+        self.registry
+            .authorize_node(node, &peer.serial, peer.not_before)?;
+        self.registry.seen(node, &ctx.agent_version, now);
+        Ok(node.to_string())
+    }
+
+    /// The single authorization decision for every issuance to an authenticated caller.
+    pub fn authorize(
+        &self,
+        ctx: &RequestContext,
+        peer: &PeerSvid,
+        requested: &SpiffeId,
+        now: SystemTime,
+    ) -> Result<Grant, CaError> {
+        let node = self.authorize_node_caller(ctx, peer, now)?;
+        if requested == &peer.id {
+            return Ok(Grant::NodeRenewal { node });
+        }
+        let entry = self.registry.entry_for(&node, requested)?.ok_or_else(|| {
+            CaError::PermissionDenied(format!("no entry assigns {requested} to node {node}"))
+        })?;
+        Ok(Grant::Workload {
+            node,
+            entry_ttl: entry.ttl,
+        })
+    }
+
+    fn renew_node(
+        &self,
+        ctx: &RequestContext,
+        peer: &PeerSvid,
+        node: &str,
+        csr: &Csr,
+        requested: Duration,
+        now: SystemTime,
+    ) -> Result<Issued, CaError> {
+        let issued = self.sign(csr, self.cap(self.ttl.node, requested), now)?;
+        self.registry.record_renewal(
+            node,
+            &peer.serial,
+            peer.not_before,
+            &node_svid(&issued, ctx),
+            now,
+        )?;
+        Ok(issued)
+    }
+
     fn authenticated<T: Outcome>(
         &self,
         ctx: &RequestContext,
-        decide: impl FnOnce(&SpiffeId, SystemTime) -> Result<T, CaError>,
+        decide: impl FnOnce(&PeerSvid, SystemTime) -> Result<T, CaError>,
     ) -> Result<T, CaError> {
         let started = Instant::now();
         let now = self.clock.now();
@@ -263,44 +343,13 @@ impl CaService {
                     "this call needs a client SVID (mTLS)".into(),
                 )),
             ),
-            Caller::Svid { id, not_after } if *not_after <= now => (
-                id.to_string(),
+            Caller::Svid(peer) if peer.not_after <= now => (
+                peer.id.to_string(),
                 Err(CaError::Unauthenticated("client SVID has expired".into())),
             ),
-            Caller::Svid { id, .. } => (id.to_string(), decide(id, now)),
+            Caller::Svid(peer) => (peer.id.to_string(), decide(peer, now)),
         };
         self.finish(ctx, caller, started, now, result)
-    }
-
-    fn authorize_own(&self, caller: &SpiffeId, requested: &SpiffeId) -> Result<(), CaError> {
-        if caller != requested {
-            return Err(CaError::PermissionDenied(format!(
-                "{caller} may only renew its own identity, not {requested}"
-            )));
-        }
-        let is_node = node_name(caller, self.authority.trust_domain()).is_some();
-        if !is_node && !self.registry.id_registered(caller) {
-            return Err(CaError::PermissionDenied(format!(
-                "no entry assigns {caller} any more"
-            )));
-        }
-        Ok(())
-    }
-
-    fn node_or_entry_ttl(&self, caller: &SpiffeId, requested: Duration) -> Duration {
-        let base = match node_name(caller, self.authority.trust_domain()) {
-            Some(_) => self.ttl.node,
-            None => self
-                .registry
-                .entries(None)
-                .0
-                .iter()
-                .filter(|e| &e.spiffe_id == caller)
-                .map(|e| e.ttl)
-                .max()
-                .unwrap_or(self.ttl.node),
-        };
-        self.cap(base, requested)
     }
 
     fn cap(&self, base: Duration, requested: Duration) -> Duration {
@@ -324,6 +373,31 @@ impl CaService {
         })
     }
 
+    /// Authorizes a node's watch stream; refusals are audited like any other.
+    pub fn watch_node(&self, ctx: &RequestContext) -> Result<String, CaError> {
+        let now = self.clock.now();
+        let (caller, result) = match &ctx.caller {
+            Caller::Anonymous => (
+                "anonymous".to_string(),
+                Err(CaError::Unauthenticated(
+                    "this call needs a node SVID (mTLS)".into(),
+                )),
+            ),
+            Caller::Svid(peer) if peer.not_after <= now => (
+                peer.id.to_string(),
+                Err(CaError::Unauthenticated("client SVID has expired".into())),
+            ),
+            Caller::Svid(peer) => (
+                peer.id.to_string(),
+                self.authorize_node_caller(ctx, peer, now),
+            ),
+        };
+        if let Err(e) = &result {
+            self.refused(ctx, caller, now, e);
+        }
+        result
+    }
+
     fn finish<T: Outcome>(
         &self,
         ctx: &RequestContext,
@@ -332,32 +406,41 @@ impl CaService {
         now: SystemTime,
         result: Result<T, CaError>,
     ) -> Result<T, CaError> {
-        let mut event = AuditEvent {
-            method: ctx.method,
-            caller,
-            peer: ctx.peer.map(|p| p.to_string()),
-            ..Default::default()
-        };
         match &result {
             Ok(issued) => {
                 self.metrics
                     .sign_seconds
                     .observe(started.elapsed().as_secs_f64());
                 self.metrics.issued(ctx.method);
-                event.outcome = "issued";
+                let mut event = AuditEvent {
+                    method: ctx.method,
+                    caller,
+                    peer: ctx.peer.map(|p| p.to_string()),
+                    outcome: "issued",
+                    ..Default::default()
+                };
                 issued.describe(&mut event);
+                self.audit.record(now, &event);
             }
-            Err(e) => {
-                self.metrics.refused(ctx.method, &e.reason());
-                event.outcome = "refused";
-                event.reason = Some(e.reason());
-                event.detail = Some(e.to_string());
-                if let CaError::Internal(detail) = e {
-                    tracing::error!(method = ctx.method, %detail, "internal error while signing");
-                }
-            }
+            Err(e) => self.refused(ctx, caller, now, e),
         }
-        self.audit.record(now, &event);
         result
+    }
+
+    fn refused(&self, ctx: &RequestContext, caller: String, now: SystemTime, e: &CaError) {
+        self.metrics.refused(ctx.method, &e.reason());
+        if let CaError::Internal(detail) = e {
+            tracing::error!(method = ctx.method, %detail, "internal error while signing");
+        }
+        let event = AuditEvent {
+            method: ctx.method,
+            caller,
+            peer: ctx.peer.map(|p| p.to_string()),
+            outcome: "refused",
+            reason: Some(e.reason()),
+            detail: Some(e.to_string()),
+            ..Default::default()
+        };
+        self.audit.record(now, &event);
     }
 }

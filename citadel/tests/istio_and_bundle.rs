@@ -224,7 +224,7 @@ async fn bundle_and_entry_watches_stream_every_change() {
 
     // Entry watch: the node sees its entries, not other nodes'.
     let mut entries = c
-        .watch_entries(WatchEntriesRequest {})
+        .watch_entries(WatchEntriesRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -364,17 +364,21 @@ async fn a_plug_in_ca_in_istio_cacerts_layout_signs_svids() {
 #[test]
 fn keys_are_private_and_the_root_survives_restarts() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let citadel = Citadel::start(dir.path(), &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    // A data directory citadel creates itself is 0700.
+    let data = tmp.path().join("data");
+    let dir = &data;
+    let citadel = Citadel::start(dir, &[]);
     for (file, mode) in [
         ("ca/root-key.pem", 0o600),
         ("ca/ca-key.pem", 0o600),
         ("admin.sock", 0o600),
         ("audit.log", 0o600),
-        ("state/registry.json", 0o600),
+        ("state/citadel.db", 0o600),
+        ("state/citadel.db-wal", 0o600),
     ] {
         let _ = citadel.token("n1");
-        let m = std::fs::metadata(dir.path().join(file))
+        let m = std::fs::metadata(dir.as_path().join(file))
             .unwrap()
             .permissions()
             .mode()
@@ -382,18 +386,22 @@ fn keys_are_private_and_the_root_survives_restarts() {
         assert_eq!(m, mode, "{file}");
     }
     assert_eq!(
-        std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(dir.as_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o700
     );
     let keys: Vec<_> = ["ca/root-key.pem", "ca/ca-key.pem"]
         .iter()
-        .map(|f| std::fs::read(dir.path().join(f)).unwrap())
+        .map(|f| std::fs::read(dir.as_path().join(f)).unwrap())
         .collect();
     citadel.stop();
-    let _again = Citadel::start(dir.path(), &[]);
+    let _again = Citadel::start(dir.as_path(), &[]);
     let after: Vec<_> = ["ca/root-key.pem", "ca/ca-key.pem"]
         .iter()
-        .map(|f| std::fs::read(dir.path().join(f)).unwrap())
+        .map(|f| std::fs::read(dir.as_path().join(f)).unwrap())
         .collect();
     assert_eq!(keys, after);
 }

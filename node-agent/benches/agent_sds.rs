@@ -132,6 +132,7 @@ async fn main() {
         },
         server_sans: vec![],
         server_cert_ttl: Duration::from_secs(86400),
+        limits: Default::default(),
     };
     tokio::spawn(serve(
         config,

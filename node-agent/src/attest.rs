@@ -1,6 +1,8 @@
 //! Workload attestation from the Unix socket peer: SO_PEERCRED gives pid, uid and gid; `/proc`
 //! gives the binary path, and the process start time (read before and after) guards against the
-//! pid being reused while we look.
+//! pid being reused while we look. The result belongs to the connection: every later request
+//! re-checks that the same process (start time) still runs the same executable, so a process
+//! cannot hand its connection on and then `exec` into a binary an entry selects.
 use std::path::{Path, PathBuf};
 
 use citadel_api::Selector;
@@ -21,6 +23,16 @@ pub struct Workload {
     pub gid: u32,
     pub path: Option<PathBuf>,
     pub selectors: Vec<Selector>,
+    /// The process image seen at attestation, when `/proc` showed it.
+    pub image: Option<ProcessImage>,
+}
+
+/// One process image: a pid at one start time running one executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessImage {
+    pub pid: i32,
+    pub start_time: u64,
+    pub exe: Option<PathBuf>,
 }
 
 /// Why a caller could not be attested.
@@ -30,6 +42,19 @@ pub enum AttestError {
     NoCredentials,
     #[error("process {0} changed identity while being attested (pid reused)")]
     PidReused(i32),
+    #[error("process {pid}, which opened this connection, has exited")]
+    ProcessGone { pid: i32 },
+    #[error(
+        "process {pid}, which opened this connection as {was}, now runs {now}; a connection \
+         keeps the identity it was opened with and is refused after exec"
+    )]
+    ProcessChanged { pid: i32, was: String, now: String },
+}
+
+fn show(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "an unknown executable".into())
 }
 
 /// Where the attestor reads process and account data; tests point it at a fake tree.
@@ -60,16 +85,24 @@ impl Attestor {
     /// (the agent runs with enough privilege to see other users' processes).
     pub fn attest(&self, cred: PeerCred) -> Result<Workload, AttestError> {
         let mut path = None;
+        let mut image = None;
         if let Some(pid) = cred.pid {
             let before = self.start_time(pid);
-            path = std::fs::read_link(self.proc_root.join(pid.to_string()).join("exe")).ok();
+            path = self.exe(pid);
             let after = self.start_time(pid);
             if before.is_some() && before != after {
                 return Err(AttestError::PidReused(pid));
             }
-            if before.is_none() {
+            match before {
+                Some(start_time) => {
+                    image = Some(ProcessImage {
+                        pid,
+                        start_time,
+                        exe: path.clone(),
+                    })
+                }
                 // The process is gone; only the kernel's uid/gid are trustworthy now.
-                path = None;
+                None => path = None,
             }
         }
         let mut selectors = vec![
@@ -92,7 +125,34 @@ impl Attestor {
             gid: cred.gid,
             path,
             selectors,
+            image,
         })
+    }
+
+    /// Whether the process that was attested still runs, as the same image.
+    pub fn verify_unchanged(&self, workload: &Workload) -> Result<(), AttestError> {
+        let Some(image) = &workload.image else {
+            return Ok(());
+        };
+        let pid = image.pid;
+        let before = self.start_time(pid);
+        let exe = self.exe(pid);
+        let after = self.start_time(pid);
+        if before != Some(image.start_time) || after != before {
+            return Err(AttestError::ProcessGone { pid });
+        }
+        if exe != image.exe {
+            return Err(AttestError::ProcessChanged {
+                pid,
+                was: show(&image.exe),
+                now: show(&exe),
+            });
+        }
+        Ok(())
+    }
+
+    fn exe(&self, pid: i32) -> Option<PathBuf> {
+        std::fs::read_link(self.proc_root.join(pid.to_string()).join("exe")).ok()
     }
 
     /// Field 22 of /proc/PID/stat: start time in clock ticks since boot.
@@ -181,6 +241,37 @@ mod tests {
         let sels: Vec<String> = w.selectors.iter().map(ToString::to_string).collect();
         assert_eq!(sels, ["unix:uid:5", "unix:gid:5"]);
         assert!(w.path.is_none());
+    }
+
+    #[test]
+    fn a_connection_is_refused_once_its_process_execs_or_exits() {
+        let tree = fake_tree();
+        let a = Attestor::new(tree.path().join("proc"), tree.path().join("etc"));
+        let cred = PeerCred {
+            pid: Some(42),
+            uid: 1000,
+            gid: 1000,
+        };
+        let w = a.attest(cred).unwrap();
+        a.verify_unchanged(&w).unwrap();
+        let exe = tree.path().join("proc/42/exe");
+        std::fs::remove_file(&exe).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/sleep", &exe).unwrap();
+        let err = a.verify_unchanged(&w).unwrap_err();
+        assert!(
+            matches!(&err, AttestError::ProcessChanged { pid: 42, now, .. } if now == "/usr/bin/sleep"),
+            "{err}"
+        );
+        let stat = tree.path().join("proc/42/stat");
+        let text = std::fs::read_to_string(&stat)
+            .unwrap()
+            .replace("987654", "987999");
+        std::fs::write(&stat, text).unwrap();
+        assert_eq!(
+            a.verify_unchanged(&w).unwrap_err(),
+            AttestError::ProcessGone { pid: 42 },
+            "same pid, another process"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod jwt;
+pub mod jwt_cache;
 pub mod manager;
 pub mod metrics;
 pub mod node;

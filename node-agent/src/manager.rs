@@ -214,8 +214,8 @@ impl Manager {
         }
     }
 
-    /// Renews the node SVID at half-life with backoff; each renewal is persisted and presented on
-    /// new connections to citadel.
+    /// Renews the node SVID at half-life with backoff; each renewal is persisted, and every
+    /// later call to citadel goes over a new connection that presents it.
     pub async fn node_loop(
         self: Arc<Self>,
         mut current: X509Svid,
@@ -234,7 +234,10 @@ impl Manager {
                             tracing::error!(error = %e, "could not persist the renewed node SVID");
                         }
                         match certified_key(&next) {
-                            Ok(k) => cert.store(k),
+                            Ok(k) => {
+                                cert.store(k);
+                                self.ca.node_svid_renewed();
+                            }
                             Err(e) => tracing::error!(error = %e, "renewed node SVID unusable"),
                         }
                         tracing::info!(serial = next.serial(), "node SVID renewed");

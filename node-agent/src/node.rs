@@ -25,11 +25,10 @@ pub struct NodeStore {
 }
 
 impl NodeStore {
+    /// Opens the data directory: created 0700, or refused if another user could write it.
     pub fn open(dir: &Path, trust_domain: TrustDomain) -> Result<Self, AgentError> {
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| AgentError::io(dir, e))?;
+        citadel_api::fs::owned_dir(dir, 0o700)
+            .map_err(|e| AgentError::Config(format!("data directory: {e}")))?;
         Ok(Self {
             dir: dir.to_path_buf(),
             trust_domain,
@@ -75,24 +74,8 @@ impl NodeStore {
     }
 }
 
-/// Atomic write with an exact mode (temp file, fsync, rename).
 fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), AgentError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| AgentError::io(path, e))
+    citadel_api::fs::atomic_write(path, data, mode).map_err(|e| AgentError::io(path, e))
 }
 
 /// Attests this node with a join token over TLS that trusts only `bundle`.
@@ -103,6 +86,7 @@ pub async fn attest_with_token(
     token: &str,
     key_algorithm: KeyAlgorithm,
     clock: Arc<dyn Clock>,
+    timeout: std::time::Duration,
 ) -> Result<X509Svid, AgentError> {
     let td = bundle.trust_domain().clone();
     let id =
@@ -115,12 +99,14 @@ pub async fn attest_with_token(
         .map_err(|e| AgentError::Internal(e.to_string()))?;
     let channel =
         tls_channel(server, Arc::new(config)).map_err(|e| AgentError::Config(e.to_string()))?;
-    let resp = NodeCaClient::new(channel)
-        .attest_node(AttestNodeRequest {
-            csr,
-            join_token: token.to_string(),
-        })
+    let mut client = NodeCaClient::new(channel);
+    let call = client.attest_node(crate::ca::request(AttestNodeRequest {
+        csr,
+        join_token: token.to_string(),
+    }));
+    let resp = tokio::time::timeout(timeout, call)
         .await
+        .map_err(|_| AgentError::Attestation(format!("citadel did not answer within {timeout:?}")))?
         .map_err(|s| AgentError::Attestation(format!("{:?}: {}", s.code(), s.message())))?
         .into_inner();
     let chain = resp.cert_chain.into_iter().map(Into::into).collect();

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::attest::{Attestor, Workload};
 use crate::manager::Manager;
 use crate::metrics::{Metrics, StreamGuard};
-use crate::peer::{attest_caller, describe};
+use crate::peer::{attest_caller, describe, still_same};
 use crate::secrets::{SecretView, Visible, Wanted};
 use sds::sotw::Subscription;
 
@@ -96,6 +96,10 @@ impl SdsServer {
             let Some(event) = next_event(&mut inbound, &mut state_rx, &mut stopping).await else {
                 return;
             };
+            if let Err(status) = still_same(&self.attestor, &workload) {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
             if let Event::Request(req) = event {
                 if let Some(node) = &req.node {
                     view.set_spiffe_validation(spiffe_validation(node));
@@ -166,6 +170,10 @@ impl SdsServer {
             let Some(event) = next_event(&mut inbound, &mut state_rx, &mut stopping).await else {
                 return;
             };
+            if let Err(status) = still_same(&self.attestor, &workload) {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
             if let Event::Request(req) = event {
                 if let Some(node) = &req.node {
                     view.set_spiffe_validation(spiffe_validation(node));

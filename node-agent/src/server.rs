@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use citadel_api::channel::{citadel_client_config, tls_channel};
+use citadel_api::channel::citadel_client_config;
 use citadel_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use pki::tls::{SwappableCert, certified_key};
 use pki::verify::SharedBundles;
 use pki::{Clock, RandomSource, TrustBundle};
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::attest::Attestor;
@@ -24,6 +23,7 @@ use crate::error::AgentError;
 use crate::manager::{BackoffPolicy, Manager, ManagerConfig};
 use crate::metrics::Metrics;
 use crate::node::{NodeStore, attest_with_token};
+use crate::peer::attested_incoming;
 use crate::sds_server::SdsServer;
 use crate::sync::{follow_bundle, follow_entries};
 use crate::workload_api::WorkloadApiServer;
@@ -42,10 +42,16 @@ fn initial_bundle(config: &AgentConfig, store: &NodeStore) -> Result<TrustBundle
 }
 
 /// Binds the socket so every local user can connect: attestation, not file modes, decides.
+/// The socket's directory must be one only the agent's user controls (created 0755 when
+/// missing, refused when another user owns it or group/others may write it), so nobody can
+/// swap the socket for their own.
 fn bind_socket(path: &Path) -> Result<UnixListener, AgentError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
-    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    citadel_api::fs::owned_dir(dir, 0o755)
+        .map_err(|e| AgentError::Config(format!("socket directory: {e}")))?;
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(AgentError::Config(format!(
             "another agent is serving {}",
@@ -54,6 +60,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener, AgentError> {
     }
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|e| AgentError::io(path, e))?;
+    // Safe to set by path: nobody else can write the directory, so this is the socket we bound.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
         .map_err(|e| AgentError::io(path, e))?;
     Ok(listener)
@@ -74,9 +81,10 @@ pub async fn run(
             svid
         }
         None => {
-            let token = config.join_token.as_deref().ok_or_else(|| {
+            let token = config.join_token.as_ref().ok_or_else(|| {
                 AgentError::Config(format!(
-                    "no valid node SVID in {} and no --join-token",
+                    "no valid node SVID in {} and no join token (--join-token-file, \
+                     CITADEL_JOIN_TOKEN or --join-token)",
                     config.data_dir.display()
                 ))
             })?;
@@ -84,9 +92,10 @@ pub async fn run(
                 &config.server,
                 &bundle,
                 &config.node_name,
-                token,
+                token.expose(),
                 config.key_algorithm,
                 clock.clone(),
+                config.call_timeout,
             )
             .await?;
             store.save_svid(&svid)?;
@@ -107,9 +116,8 @@ pub async fn run(
         clock.clone(),
     )
     .map_err(|e| AgentError::Internal(e.to_string()))?;
-    let channel = tls_channel(&config.server, Arc::new(tls))
+    let ca = GrpcCa::new(&config.server, Arc::new(tls), config.call_timeout)
         .map_err(|e| AgentError::Config(e.to_string()))?;
-    let ca = GrpcCa::new(channel);
     let metrics = Arc::new(Metrics::new());
     let backoff = BackoffPolicy {
         base: Duration::from_secs(1).min(config.backoff_cap),
@@ -135,14 +143,14 @@ pub async fn run(
                 .node_loop(node_svid, node_cert, store.clone()),
         ),
         tokio::spawn(follow_bundle(
-            ca.client(),
+            ca.clone(),
             manager.clone(),
             store,
             config.trust_domain.clone(),
             backoff,
             rng.clone(),
         )),
-        tokio::spawn(follow_entries(ca.client(), manager.clone(), backoff, rng)),
+        tokio::spawn(follow_entries(ca.clone(), manager.clone(), backoff, rng)),
     ];
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -154,8 +162,13 @@ pub async fn run(
         metrics: metrics.clone(),
         stopping: stop_rx.clone(),
     };
-    let workload =
-        WorkloadApiServer::new(manager.clone(), attestor, metrics.clone(), stop_rx.clone());
+    let workload = WorkloadApiServer::new(
+        manager.clone(),
+        attestor.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+        config.jwt_cache_size,
+    );
     let listener = bind_socket(&config.socket)?;
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics)
         .await
@@ -168,9 +181,13 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let grpc = Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
         .add_service(SecretDiscoveryServiceServer::new(sds))
         .add_service(SpiffeWorkloadApiServer::new(workload))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            attested_incoming(listener, attestor),
+            stopped(stop_rx.clone()),
+        );
     let monitoring = axum::serve(metrics_listener, metrics_router(manager.clone(), metrics))
         .with_graceful_shutdown(stopped(stop_rx));
     let endpoints = serde_json::json!({ "metrics": metrics_addr.to_string(), "socket": config.socket.display().to_string() });

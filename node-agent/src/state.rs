@@ -24,14 +24,23 @@ impl Entry {
     }
 }
 
-/// A workload SVID with its encodings precomputed, since every push reuses them.
-#[derive(Debug)]
+/// A workload SVID with its encodings precomputed, since every push reuses them. `Debug`
+/// shows the identity and serial, never the key.
 pub struct WorkloadSvid {
     pub svid: X509Svid,
     pub chain_pem: String,
     pub key_pem: String,
     pub key_der: Vec<u8>,
     pub chain_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for WorkloadSvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadSvid")
+            .field("spiffe_id", &self.svid.spiffe_id().to_string())
+            .field("serial", &self.svid.serial())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkloadSvid {

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use citadel_api::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
 use citadel_api::workload::{
@@ -20,16 +19,16 @@ use tonic::{Request, Response, Status};
 
 use crate::attest::{Attestor, Workload};
 use crate::jwt::validate_jwt_svid;
+use crate::jwt_cache::JwtCache;
 use crate::manager::Manager;
 use crate::metrics::{Metrics, StreamGuard};
-use crate::peer::{attest_caller, describe};
+use crate::peer::{attest_caller, describe, still_same};
 use crate::state::{AgentState, WorkloadView};
 
 /// The header every Workload API call must carry (SPIFFE Workload Endpoint standard).
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-type JwtCache = HashMap<(SpiffeId, Vec<String>), (String, SystemTime, SystemTime)>;
 
 /// The Workload API service.
 #[derive(Debug, Clone)]
@@ -113,12 +112,13 @@ impl WorkloadApiServer {
         attestor: Attestor,
         metrics: Arc<Metrics>,
         stopping: tokio::sync::watch::Receiver<bool>,
+        jwt_cache_size: usize,
     ) -> Self {
         Self {
             manager,
             attestor,
             metrics,
-            jwt_cache: Arc::default(),
+            jwt_cache: Arc::new(Mutex::new(JwtCache::new(jwt_cache_size))),
             stopping,
         }
     }
@@ -136,10 +136,15 @@ impl WorkloadApiServer {
         let mut state_rx = self.manager.subscribe();
         let guard = StreamGuard::new(&self.metrics.workload_api_streams);
         let mut stopping = self.stopping.clone();
+        let attestor = self.attestor.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let mut last: Option<Fingerprint> = None;
             loop {
+                if let Err(status) = still_same(&attestor, &workload) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 let state = state_rx.borrow_and_update().clone();
                 match render(&state, &workload) {
                     Err(status) => {
@@ -184,18 +189,13 @@ impl WorkloadApiServer {
 
     async fn jwt_for(&self, id: &SpiffeId, audience: &[String]) -> Result<String, Status> {
         let now = self.manager.clock().now();
-        let key = (id.clone(), audience.to_vec());
-        if let Some((token, iat, exp)) = self
+        let cached = self
             .jwt_cache
             .lock()
             .expect("jwt cache poisoned")
-            .get(&key)
-            .cloned()
-        {
-            let half = exp.duration_since(iat).unwrap_or_default() / 2;
-            if now < iat + half {
-                return Ok(token);
-            }
+            .get(id, audience, now);
+        if let Some(token) = cached {
+            return Ok(token);
         }
         let (token, exp) = self
             .manager
@@ -203,10 +203,13 @@ impl WorkloadApiServer {
             .mint_jwt(id, audience)
             .await
             .map_err(|s| Status::unavailable(format!("citadel: {}", s.message())))?;
-        self.jwt_cache
-            .lock()
-            .expect("jwt cache poisoned")
-            .insert(key, (token.clone(), now, exp));
+        self.jwt_cache.lock().expect("jwt cache poisoned").insert(
+            id,
+            audience,
+            token.clone(),
+            now,
+            exp,
+        );
         Ok(token)
     }
 }

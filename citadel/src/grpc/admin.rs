@@ -2,17 +2,22 @@
 use std::sync::Arc;
 
 use citadel_api::admin::admin_server::Admin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use citadel_api::admin::{
-    BundleAuthorityRequest, CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse,
-    DeleteEntryRequest, DeleteEntryResponse, ListEntriesRequest,
+    BundleAuthorityRequest, CreateEntriesRequest, CreateEntryRequest, CreateJoinTokenRequest,
+    CreateJoinTokenResponse, DeleteEntryRequest, DeleteEntryResponse, EvictNodeRequest,
+    ListEntriesRequest, ListNodesRequest, Node, NodeList,
 };
 use citadel_api::ca::{self, EntryList, TrustBundleRequest};
+use pki::identity::{node_id, parse_spiffe_id};
 use tonic::{Request, Response, Status};
 
 use super::{bundle_message, entry_message, ttl_from};
 use crate::audit::AuditEvent;
 use crate::authority::AuthorityError;
 use crate::error::CaError;
+use crate::registry::{EntryFilter, EntrySpec, NodeRecord};
 use crate::service::CaService;
 
 /// The admin gRPC service.
@@ -32,6 +37,39 @@ impl AdminApi {
             ..Default::default()
         };
         self.service.audit.record(self.service.clock.now(), &event);
+    }
+}
+
+fn entry_spec(req: CreateEntryRequest) -> Result<EntrySpec, Status> {
+    Ok(EntrySpec {
+        spiffe_id: req.spiffe_id,
+        node: req.node,
+        selectors: req.selectors,
+        ttl: ttl_from(req.ttl_seconds)?,
+    })
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64
+}
+
+fn node_message(
+    td: &pki::TrustDomain,
+    record: &NodeRecord,
+    last_seen: Option<SystemTime>,
+    agent_version: &str,
+) -> Node {
+    Node {
+        name: record.name.clone(),
+        spiffe_id: node_id(td, &record.name)
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        serial: record.serial.clone(),
+        expires_at_unix: unix(record.expires_at),
+        attested_at_unix: unix(record.attested_at),
+        last_seen_unix: last_seen.map(unix).unwrap_or(0),
+        agent_version: agent_version.to_string(),
+        evicted_at_unix: record.evicted_at.map(unix).unwrap_or(0),
     }
 }
 
@@ -75,19 +113,11 @@ impl Admin for AdminApi {
         &self,
         req: Request<CreateEntryRequest>,
     ) -> Result<Response<ca::Entry>, Status> {
-        let body = req.into_inner();
-        let ttl = ttl_from(body.ttl_seconds)?;
+        let spec = entry_spec(req.into_inner())?;
         let s = &self.service;
         let entry = s
             .registry
-            .create_entry(
-                &body.spiffe_id,
-                &body.node,
-                &body.selectors,
-                ttl,
-                s.clock.now(),
-                s.rng.as_ref(),
-            )
+            .create_entry(spec, s.clock.now(), s.rng.as_ref())
             .map_err(CaError::from)?;
         self.audit(
             "CreateEntry",
@@ -97,19 +127,101 @@ impl Admin for AdminApi {
         Ok(Response::new(entry_message(&entry)))
     }
 
+    async fn create_entries(
+        &self,
+        req: Request<CreateEntriesRequest>,
+    ) -> Result<Response<EntryList>, Status> {
+        let specs = req
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(entry_spec)
+            .collect::<Result<Vec<_>, _>>()?;
+        let s = &self.service;
+        let entries = s
+            .registry
+            .create_entries(&specs, s.clock.now(), s.rng.as_ref())
+            .map_err(CaError::from)?;
+        for entry in &entries {
+            self.audit(
+                "CreateEntry",
+                Some(entry.spiffe_id.to_string()),
+                format!("id={} node={}", entry.id, entry.node),
+            );
+        }
+        Ok(Response::new(EntryList {
+            entries: entries.iter().map(entry_message).collect(),
+            revision: s.registry.revision().map_err(CaError::from)?,
+            full: true,
+            removed_ids: vec![],
+        }))
+    }
+
     async fn list_entries(
         &self,
         req: Request<ListEntriesRequest>,
     ) -> Result<Response<EntryList>, Status> {
-        let node = req.into_inner().node;
-        let (entries, revision) = self
-            .service
-            .registry
-            .entries(Some(node.as_str()).filter(|n| !n.is_empty()));
+        let body = req.into_inner();
+        let invalid = |field: &str, e: String| Status::invalid_argument(format!("{field}: {e}"));
+        let filter = EntryFilter {
+            node: Some(body.node).filter(|n| !n.is_empty()),
+            spiffe_id: match body.spiffe_id.as_str() {
+                "" => None,
+                id => Some(parse_spiffe_id(id).map_err(|e| invalid("spiffe_id", e.to_string()))?),
+            },
+            selectors: body
+                .selectors
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<_, citadel_api::SelectorError>>()
+                .map_err(|e| invalid("selectors", e.to_string()))?,
+        };
+        let registry = &self.service.registry;
+        let revision = registry.revision().map_err(CaError::from)?;
+        let entries = registry.entries(&filter).map_err(CaError::from)?;
         Ok(Response::new(EntryList {
             entries: entries.iter().map(entry_message).collect(),
             revision,
+            full: true,
+            removed_ids: vec![],
         }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _req: Request<ListNodesRequest>,
+    ) -> Result<Response<NodeList>, Status> {
+        let td = self.service.authority.trust_domain();
+        let nodes = self
+            .service
+            .registry
+            .nodes()
+            .map_err(CaError::from)?
+            .iter()
+            .map(|n| node_message(td, &n.record, n.last_seen, &n.agent_version))
+            .collect();
+        Ok(Response::new(NodeList { nodes }))
+    }
+
+    async fn evict_node(&self, req: Request<EvictNodeRequest>) -> Result<Response<Node>, Status> {
+        let name = req.into_inner().name;
+        let s = &self.service;
+        let record = s
+            .registry
+            .evict(&name, s.clock.now())
+            .map_err(CaError::from)?;
+        self.audit(
+            "EvictNode",
+            Some(name.clone()),
+            format!("serial={}", record.serial),
+        );
+        let td = s.authority.trust_domain();
+        Ok(Response::new(node_message(
+            td,
+            &record,
+            None,
+            &record.agent_version,
+        )))
     }
 
     async fn delete_entry(

@@ -15,7 +15,10 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tonic::{Request, Response, Status};
 
-use super::{bundle_message, context, entry_message, ttl_from};
+use super::{bundle_message, context, ttl_from, update_message};
+use crate::error::CaError;
+use crate::metrics::StreamGuard;
+use crate::registry::NodeUpdate;
 use crate::service::{CaService, Caller, Issued};
 
 /// A bundle and its encoded wire form.
@@ -145,11 +148,33 @@ impl NodeCa for NodeApi {
 
     async fn watch_trust_bundle(
         &self,
-        _req: Request<TrustBundleRequest>,
+        req: Request<TrustBundleRequest>,
     ) -> Result<Response<Self::WatchTrustBundleStream>, Status> {
-        let stream = WatchStream::new(self.service.authority.subscribe_bundle())
-            .map(|b| Ok(bundle_message(&b)));
+        let ctx = context(&req, "WatchTrustBundle");
+        // The bundle is public, but a node that presents its SVID must not be evicted, and its
+        // stream ends when it is.
+        let td = self.service.authority.trust_domain();
+        let evicted = match &ctx.caller {
+            Caller::Svid(peer) if node_name(&peer.id, td).is_some() => {
+                let node = self.service.watch_node(&ctx)?;
+                Some(self.service.registry.subscribe_node(&node))
+            }
+            _ => None,
+        };
+        let guard = StreamGuard::new(&self.service.metrics, "bundle");
+        let stream = WatchStream::new(self.service.authority.subscribe_bundle()).map(move |b| {
+            let _ = &guard;
+            Ok(bundle_message(&b))
+        });
         let stream = futures::StreamExt::take_until(stream, stopped(self.stopping.clone()));
+        let stream = futures::StreamExt::take_until(stream, async move {
+            match evicted {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|s| s.evicted).await;
+                }
+                None => std::future::pending().await,
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -160,46 +185,56 @@ impl NodeCa for NodeApi {
         req: Request<WatchEntriesRequest>,
     ) -> Result<Response<Self::WatchEntriesStream>, Status> {
         let ctx = context(&req, "WatchEntries");
-        let node = match &ctx.caller {
-            Caller::Svid { id, .. } => node_name(id, self.service.authority.trust_domain())
-                .map(str::to_string)
-                .ok_or_else(|| Status::permission_denied(format!("{id} is not a node identity")))?,
-            Caller::Anonymous => {
-                return Err(Status::unauthenticated(
-                    "this call needs a node SVID (mTLS)",
-                ));
-            }
-        };
+        let since = req.get_ref().since_revision;
+        let node = self.service.watch_node(&ctx)?;
         let registry = self.service.registry.clone();
-        let mut changes = WatchStream::new(registry.subscribe());
+        // Subscribe before the first read, so no change falls between the two.
+        let mut signal = registry.subscribe_node(&node);
+        let first = registry.node_update(&node, since).map_err(CaError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut stopping = self.stopping.clone();
+        let guard = StreamGuard::new(&self.service.metrics, "entries");
         tokio::spawn(async move {
-            let mut last = None;
+            let _guard = guard;
+            let mut held = revision(&first);
+            if tx.send(Ok(update_message(&first))).await.is_err() {
+                return;
+            }
             loop {
                 tokio::select! {
-                    change = changes.next() => if change.is_none() { break },
-                    _ = stopping.wait_for(|s| *s) => break,
+                    changed = signal.changed() => if changed.is_err() { return },
+                    // The client went away: end now, not at the next change.
+                    () = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
                 }
-                let (entries, revision) = registry.entries(Some(&node));
-                let list: Vec<_> = entries.iter().map(entry_message).collect();
-                // Other nodes' changes bump the revision too; only send when ours changed.
-                if last.as_ref() == Some(&list) {
-                    continue;
+                if signal.borrow_and_update().evicted {
+                    let status = Status::permission_denied(format!(
+                        "node {node} is evicted; it needs a new join token"
+                    ));
+                    let _ = tx.send(Err(status)).await;
+                    return;
                 }
-                if tx
-                    .send(Ok(EntryList {
-                        entries: list.clone(),
-                        revision,
-                    }))
-                    .await
-                    .is_err()
-                {
-                    break;
+                let update = match registry.node_update(&node, held) {
+                    Ok(update) => update,
+                    Err(e) => {
+                        let _ = tx.send(Err(CaError::from(e).into())).await;
+                        return;
+                    }
+                };
+                let empty =
+                    matches!(&update, NodeUpdate::Changes { changes, .. } if changes.is_empty());
+                held = revision(&update);
+                if !empty && tx.send(Ok(update_message(&update))).await.is_err() {
+                    return;
                 }
-                last = Some(list);
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn revision(update: &NodeUpdate) -> u64 {
+    match update {
+        NodeUpdate::Full { revision, .. } | NodeUpdate::Changes { revision, .. } => *revision,
     }
 }

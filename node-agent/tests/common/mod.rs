@@ -67,6 +67,7 @@ impl Citadel {
             },
             server_sans: vec![],
             server_cert_ttl: Duration::from_secs(86400),
+            limits: Default::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
