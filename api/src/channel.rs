@@ -43,6 +43,9 @@ pub fn citadel_client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // A resumed session would keep the identity of the handshake it resumes; a renewed SVID
+    // must be what the next connection proves.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

@@ -428,7 +428,7 @@ fn bench_cfssl(seconds: u64, dir: &Path, csrs: Vec<Vec<Vec<u8>>>) -> Option<Repo
 fn main() {
     // `cargo bench` passes `--bench`; libtest-style filters are not used here.
     let clients: usize = env_or("CLIENTS", 16);
-    let seconds: u64 = env_or("SECONDS", 10);
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
     let floor = crypto_floor();
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

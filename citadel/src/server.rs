@@ -315,6 +315,11 @@ fn server_tls_config(
     .with_client_cert_verifier(Arc::new(verifier))
     .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No resumption: a resumed session carries the client certificate of the session it
+    // resumes, so a client reconnecting with a renewed SVID would still be its old one (and be
+    // cut off when that one expires). Every connection presents and proves its certificate.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 

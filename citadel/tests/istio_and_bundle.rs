@@ -5,7 +5,6 @@ use std::time::{Duration, SystemTime};
 
 use citadel_api::ca::{AttestNodeRequest, TrustBundleRequest, WatchEntriesRequest};
 use citadel_api::istio::IstioCertificateRequest;
-use citadel_api::istio::istio_certificate_service_client::IstioCertificateServiceClient;
 use common::*;
 use pki::identity::parse_trust_domain;
 use pki::issue::SigningCaParams;
@@ -13,47 +12,6 @@ use pki::pem::{encode_certificate, encode_certificates, parse_certificates};
 use pki::{CertificateAuthority, KeyAlgorithm, PrivateKey, TrustBundle, Usage, verify_svid};
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-const NODE: &str = "spiffe://cluster.local/citadel/node/n1";
-
-async fn attested_node(citadel: &Citadel) -> pki::X509Svid {
-    let (key, csr) = key_and_csr(NODE);
-    let mut anon = client(&citadel.grpc, &citadel.bundle(), None);
-    let resp = anon
-        .attest_node(AttestNodeRequest {
-            csr,
-            join_token: citadel.token("n1"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    svid_from(&resp, key)
-}
-
-fn pem_csr(id: &str) -> String {
-    let (_, der) = key_and_csr(id);
-    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der))
-}
-
-fn istio_client(
-    citadel: &Citadel,
-    svid: &pki::X509Svid,
-) -> IstioCertificateServiceClient<tonic::transport::Channel> {
-    let bundles = std::sync::Arc::new(pki::verify::SharedBundles::new([citadel.bundle()]));
-    let cert = std::sync::Arc::new(pki::tls::SwappableCert::new(
-        pki::tls::certified_key(svid).unwrap(),
-    ));
-    let cfg = citadel_api::channel::citadel_client_config(
-        bundles,
-        parse_trust_domain("cluster.local").unwrap(),
-        Some(cert),
-        std::sync::Arc::new(pki::SystemClock),
-    )
-    .unwrap();
-    IstioCertificateServiceClient::new(
-        citadel_api::channel::tls_channel(&citadel.grpc, std::sync::Arc::new(cfg)).unwrap(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_create_certificate_follows_the_same_rules() {

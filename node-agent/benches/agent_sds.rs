@@ -110,7 +110,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 async fn main() {
     let identities = env_or("IDENTITIES", 1000) as usize;
     let streams = env_or("STREAMS", 100) as usize;
-    let seconds = env_or("SECONDS", 130);
+    let seconds = env_or("BENCH_SECONDS", 130);
     let ttl = env_or("TTL", 120);
     let dir = tempfile::tempdir().unwrap();
 

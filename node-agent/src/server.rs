@@ -73,6 +73,8 @@ pub async fn run(
     rng: Arc<dyn RandomSource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
+    // First, so a hijackable socket directory stops the agent before it does anything else.
+    let listener = bind_socket(&config.socket)?;
     let store = NodeStore::open(&config.data_dir, config.trust_domain.clone())?;
     let bundle = initial_bundle(&config, &store)?;
     let node_svid = match store.load_svid(clock.now()) {
@@ -169,7 +171,6 @@ pub async fn run(
         stop_rx.clone(),
         config.jwt_cache_size,
     );
-    let listener = bind_socket(&config.socket)?;
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics)
         .await
         .map_err(|e| AgentError::Config(format!("--metrics {}: {e}", config.metrics)))?;

@@ -96,10 +96,17 @@ impl Citadel {
         self.kill();
     }
 
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     fn kill(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -168,4 +175,47 @@ pub fn audit_lines(data_dir: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+pub const NODE: &str = "spiffe://cluster.local/citadel/node/n1";
+
+pub async fn attested_node(citadel: &Citadel) -> pki::X509Svid {
+    let (key, csr) = key_and_csr(NODE);
+    let mut anon = client(&citadel.grpc, &citadel.bundle(), None);
+    let resp = anon
+        .attest_node(citadel_api::ca::AttestNodeRequest {
+            csr,
+            join_token: citadel.token("n1"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    svid_from(&resp, key)
+}
+
+pub fn pem_csr(id: &str) -> String {
+    let (_, der) = key_and_csr(id);
+    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der))
+}
+
+pub fn istio_client(
+    citadel: &Citadel,
+    svid: &pki::X509Svid,
+) -> citadel_api::istio::istio_certificate_service_client::IstioCertificateServiceClient<
+    tonic::transport::Channel,
+> {
+    let bundles = std::sync::Arc::new(pki::verify::SharedBundles::new([citadel.bundle()]));
+    let cert = std::sync::Arc::new(pki::tls::SwappableCert::new(
+        pki::tls::certified_key(svid).unwrap(),
+    ));
+    let cfg = citadel_api::channel::citadel_client_config(
+        bundles,
+        parse_trust_domain("cluster.local").unwrap(),
+        Some(cert),
+        std::sync::Arc::new(pki::SystemClock),
+    )
+    .unwrap();
+    citadel_api::istio::istio_certificate_service_client::IstioCertificateServiceClient::new(
+        citadel_api::channel::tls_channel(&citadel.grpc, std::sync::Arc::new(cfg)).unwrap(),
+    )
 }

@@ -184,6 +184,24 @@ pub struct Agent {
 
 impl Agent {
     pub async fn start(dir: &Path, citadel: &Citadel, token: Option<&str>, extra: &[&str]) -> Self {
+        Self::start_at(
+            dir,
+            &citadel.addr.to_string(),
+            &citadel.root_pem_path(),
+            token,
+            extra,
+        )
+        .await
+    }
+
+    /// An agent for the citadel at `server`, first trusting the root in `root_pem`.
+    pub async fn start_at(
+        dir: &Path,
+        server: &str,
+        root_pem: &Path,
+        token: Option<&str>,
+        extra: &[&str],
+    ) -> Self {
         let socket = dir.join("agent.sock");
         let data_dir = dir.join("agent-data");
         let stamp = std::time::SystemTime::now()
@@ -193,31 +211,31 @@ impl Agent {
         let log = dir.join(format!("agent-{stamp}.log"));
         let _ = std::fs::remove_file(data_dir.join("endpoints.json"));
         let mut cmd = Command::new(AGENT);
-        cmd.args([
-            "run",
-            "--server",
-            &citadel.addr.to_string(),
-            "--trust-domain",
-            "cluster.local",
-            "--node-name",
-            "node-1",
-        ])
-        .arg("--trust-bundle")
-        .arg(citadel.root_pem_path())
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--metrics", "127.0.0.1:0", "--backoff-cap", "2s"])
-        .args(extra)
-        .env(
-            "RUST_LOG",
-            std::env::var("AGENT_RUST_LOG").unwrap_or_else(|_| "info,node_agent=debug".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(t) = token {
-            cmd.args(["--join-token", t]);
+        cmd.args(["run", "--server", server, "--trust-domain", "cluster.local"])
+            .arg("--trust-bundle")
+            .arg(root_pem)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--metrics", "127.0.0.1:0", "--backoff-cap", "2s"])
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("AGENT_RUST_LOG").unwrap_or_else(|_| "info,node_agent=debug".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        match token {
+            // The node name comes from the token; the token stays out of argv.
+            Some(t) => {
+                let file = dir.join(format!("token-{stamp}"));
+                std::fs::write(&file, t).unwrap();
+                cmd.arg("--join-token-file").arg(file);
+            }
+            None => {
+                cmd.args(["--node-name", "node-1"]);
+            }
         }
         let child = cmd.spawn().expect("spawn node-agent");
         let mut agent = Self {
