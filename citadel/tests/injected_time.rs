@@ -127,6 +127,34 @@ async fn token_expiry_and_svid_lifetimes_follow_the_injected_clock() {
     );
     assert!(renewed.not_after() <= clock_now(&clock) + Duration::from_secs(600));
 
+    // Signing fails (citadel's clock is past the intermediate's expiry): the token stays
+    // unspent, and works once signing works again.
+    let before = clock_now(&clock);
+    clock.advance(Duration::from_secs(366 * 86400));
+    let kept = admin
+        .create_join_token(token(600))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let (_, csr) = key_and_csr(NODE);
+    let err = anon
+        .attest_node(AttestNodeRequest {
+            csr,
+            join_token: kept.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    clock.set(before);
+    let (_, csr) = key_and_csr(NODE);
+    anon.attest_node(AttestNodeRequest {
+        csr,
+        join_token: kept,
+    })
+    .await
+    .expect("the token survived the failed signing");
+
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }

@@ -4,7 +4,7 @@
 //! "SVID issued" log event, µs timestamps) to each stream receiving the new certificate.
 //!
 //! Run: `bench/agent.sh` (or `cargo bench -p node-agent --bench agent_sds`). Environment:
-//! `IDENTITIES` (1000), `STREAMS` (100), `SECONDS` measured (130), `TTL` seconds (120).
+//! `IDENTITIES` (1000), `STREAMS` (100), `BENCH_SECONDS` measured (130), `TTL` seconds (120).
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -159,16 +159,22 @@ async fn main() {
             .unwrap()
             .display()
     );
-    let id = |i: usize| format!("spiffe://cluster.local/ns/bench/sa/w{i:04}");
+    let id = |i: usize| format!("spiffe://cluster.local/ns/bench/sa/w{i:05}");
     let setup = Instant::now();
-    for i in 0..identities {
-        let req = CreateEntryRequest {
-            spiffe_id: id(i),
-            node: "bench".into(),
-            selectors: vec![me.clone()],
-            ttl_seconds: ttl as i64,
-        };
-        admin.create_entry(req).await.unwrap();
+    for chunk in (0..identities).collect::<Vec<_>>().chunks(1000) {
+        let entries = chunk
+            .iter()
+            .map(|&i| CreateEntryRequest {
+                spiffe_id: id(i),
+                node: "bench".into(),
+                selectors: vec![me.clone()],
+                ttl_seconds: ttl as i64,
+            })
+            .collect();
+        admin
+            .create_entries(citadel_api::admin::CreateEntriesRequest { entries })
+            .await
+            .unwrap();
     }
     let token = admin
         .create_join_token(CreateJoinTokenRequest {

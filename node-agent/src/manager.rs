@@ -17,7 +17,7 @@ use crate::clock::sleep_until;
 use crate::metrics::Metrics;
 use crate::node::NodeStore;
 use crate::rotation::{Backoff, rotate_at, unit};
-use crate::state::{AgentState, Entry, WorkloadSvid};
+use crate::state::{AgentState, Entry, SvidSlot, WorkloadSvid};
 
 /// Backoff bounds for calls to citadel.
 #[derive(Debug, Clone, Copy)]
@@ -128,27 +128,41 @@ impl Manager {
         self.publish(|s| s.bundle = Arc::new(bundle));
     }
 
-    /// A new entry list from citadel: starts tasks for new identities, stops those no entry
-    /// names any more (their SVIDs are withdrawn at once).
+    /// A new entry list from citadel: starts tasks (and slots) for new identities, stops those
+    /// no entry names any more (their SVIDs are withdrawn at once).
     pub fn set_entries(self: &Arc<Self>, entries: Vec<Entry>) {
-        let wanted: std::collections::BTreeSet<SpiffeId> =
-            entries.iter().map(|e| e.spiffe_id.clone()).collect();
+        let current = self.snapshot();
+        let mut slots: HashMap<SpiffeId, Arc<SvidSlot>> = HashMap::with_capacity(entries.len());
+        for e in &entries {
+            slots.entry(e.spiffe_id.clone()).or_insert_with(|| {
+                current
+                    .svids
+                    .get(&e.spiffe_id)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(SvidSlot::new(None)))
+            });
+        }
         let mut tasks = self.tasks.lock().expect("task lock poisoned");
         tasks.retain(|id, task| {
-            let keep = wanted.contains(id);
+            let keep = slots.contains_key(id);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for id in &wanted {
-            tasks
-                .entry(id.clone())
-                .or_insert_with(|| tokio::spawn(self.clone().identity_loop(id.clone())));
+        for (id, slot) in &slots {
+            tasks.entry(id.clone()).or_insert_with(|| {
+                tokio::spawn(self.clone().identity_loop(id.clone(), slot.clone()))
+            });
         }
         drop(tasks);
+        for (id, slot) in current.svids.iter() {
+            if !slots.contains_key(id) {
+                slot.send_replace(None);
+            }
+        }
         self.publish(|s| {
-            s.svids.retain(|id, _| wanted.contains(id));
+            s.svids = Arc::new(slots);
             s.entries = Some(Arc::new(entries));
         });
     }
@@ -170,7 +184,7 @@ impl Manager {
         Ok(svid)
     }
 
-    async fn identity_loop(self: Arc<Self>, id: SpiffeId) {
+    async fn identity_loop(self: Arc<Self>, id: SpiffeId, slot: Arc<SvidSlot>) {
         let mut backoff = Backoff::new(self.backoff.base, self.backoff.cap);
         loop {
             match self.mint(&id).await {
@@ -181,15 +195,14 @@ impl Manager {
                     let at = rotate_at(obtained, svid.not_after(), unit(self.rng.as_ref()));
                     tracing::debug!(%id, serial = svid.serial(), "SVID issued");
                     if let Some(w) = WorkloadSvid::new(svid) {
-                        self.publish(|s| {
-                            s.svids.insert(id.clone(), Arc::new(w));
-                        });
+                        // Wakes only the streams that watch this identity.
+                        slot.send_replace(Some(Arc::new(w)));
                     }
                     sleep_until(self.clock.as_ref(), at).await;
                 }
                 Err(e) => {
                     self.metrics.rotation_failures.inc();
-                    self.withdraw_if_expired(&id);
+                    self.withdraw_if_expired(&slot);
                     let delay = backoff.next_delay(unit(self.rng.as_ref()));
                     tracing::warn!(%id, error = %e, retry_in = ?delay, "could not obtain SVID; keeping the current one while valid");
                     tokio::time::sleep(delay).await;
@@ -199,18 +212,11 @@ impl Manager {
     }
 
     /// An expired SVID is worse than none: stop serving it.
-    fn withdraw_if_expired(&self, id: &SpiffeId) {
+    fn withdraw_if_expired(&self, slot: &SvidSlot) {
         let now = self.clock.now();
-        let expired = self
-            .state
-            .borrow()
-            .svids
-            .get(id)
-            .is_some_and(|s| s.not_after() <= now);
+        let expired = slot.borrow().as_ref().is_some_and(|s| s.not_after() <= now);
         if expired {
-            self.publish(|s| {
-                s.svids.remove(id);
-            });
+            slot.send_replace(None);
         }
     }
 

@@ -79,8 +79,9 @@ impl Metrics {
 
     /// Renders the exposition text, refreshing the gauges derived from `state`.
     pub fn render(&self, state: &AgentState, now: SystemTime) -> String {
-        self.svids_held.set(state.svids.len() as i64);
-        let soonest = state.svids.values().map(|s| s.not_after()).min();
+        let held = state.held();
+        self.svids_held.set(held.len() as i64);
+        let soonest = held.iter().map(|s| s.not_after()).min();
         let secs = soonest.map(|t| match t.duration_since(now) {
             Ok(d) => d.as_secs_f64(),
             Err(e) => -e.duration().as_secs_f64(),

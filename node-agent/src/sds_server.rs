@@ -23,6 +23,7 @@ use crate::manager::Manager;
 use crate::metrics::{Metrics, StreamGuard};
 use crate::peer::{attest_caller, describe, still_same};
 use crate::secrets::{SecretView, Visible, Wanted};
+use crate::state::SlotWatch;
 use sds::sotw::Subscription;
 
 /// The SDS service.
@@ -71,11 +72,13 @@ enum Event<T> {
 async fn next_event<T>(
     inbound: &mut Streaming<T>,
     state: &mut tokio::sync::watch::Receiver<Arc<crate::state::AgentState>>,
+    slots: &mut SlotWatch,
     stopping: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Event<T>> {
     tokio::select! {
         msg = inbound.message() => msg.ok().flatten().map(Event::Request),
         changed = state.changed() => changed.ok().map(|()| Event::StateChanged),
+        () = slots.changed() => Some(Event::StateChanged),
         _ = stopping.wait_for(|s| *s) => None,
     }
 }
@@ -92,8 +95,11 @@ impl SdsServer {
         let mut stopping = self.stopping.clone();
         let mut stream = SotwStream::new();
         let mut view = SecretView::new(workload.selectors.clone());
+        let mut slots = SlotWatch::default();
         loop {
-            let Some(event) = next_event(&mut inbound, &mut state_rx, &mut stopping).await else {
+            let Some(event) =
+                next_event(&mut inbound, &mut state_rx, &mut slots, &mut stopping).await
+            else {
                 return;
             };
             if let Err(status) = still_same(&self.attestor, &workload) {
@@ -130,7 +136,7 @@ impl SdsServer {
                 Subscription::Names(names) if !names.contains("*") => Wanted::Names(names),
                 _ => Wanted::All,
             };
-            match view.secrets(&state, &self.versions, wanted) {
+            match view.secrets(&state, &self.versions, wanted, &mut slots) {
                 Visible::Pending => continue,
                 Visible::NoIdentity => {
                     let _ = tx.send(Err(no_identity(&workload))).await;
@@ -166,8 +172,11 @@ impl SdsServer {
         let mut stopping = self.stopping.clone();
         let mut stream = DeltaStream::new();
         let mut view = SecretView::new(workload.selectors.clone());
+        let mut slots = SlotWatch::default();
         loop {
-            let Some(event) = next_event(&mut inbound, &mut state_rx, &mut stopping).await else {
+            let Some(event) =
+                next_event(&mut inbound, &mut state_rx, &mut slots, &mut stopping).await
+            else {
                 return;
             };
             if let Err(status) = still_same(&self.attestor, &workload) {
@@ -196,7 +205,7 @@ impl SdsServer {
             } else {
                 Wanted::Names(stream.subscribed())
             };
-            match view.secrets(&state, &self.versions, wanted) {
+            match view.secrets(&state, &self.versions, wanted, &mut slots) {
                 Visible::Pending => continue,
                 Visible::NoIdentity => {
                     let _ = tx.send(Err(no_identity(&workload))).await;
@@ -218,18 +227,20 @@ impl SdsServer {
     async fn ready_secrets(&self, workload: &Workload, spiffe: bool) -> Result<Resources, Status> {
         let mut rx = self.manager.subscribe();
         let mut view = SecretView::new(workload.selectors.clone());
+        let mut slots = SlotWatch::default();
         view.set_spiffe_validation(spiffe);
         let wait = async {
             loop {
                 let state = rx.borrow_and_update().clone();
-                match view.secrets(&state, &self.versions, Wanted::All) {
+                match view.secrets(&state, &self.versions, Wanted::All, &mut slots) {
                     Visible::Ready { resources, .. } => return Ok(resources),
                     Visible::NoIdentity => return Err(no_identity(workload)),
-                    Visible::Pending => {
-                        if rx.changed().await.is_err() {
+                    Visible::Pending => tokio::select! {
+                        changed = rx.changed() => if changed.is_err() {
                             return Err(Status::unavailable("agent is shutting down"));
-                        }
-                    }
+                        },
+                        () = slots.changed() => {}
+                    },
                 }
             }
         };

@@ -22,7 +22,7 @@ use pki::TrustBundle;
 use pki::identity::SpiffeId;
 use sds::{NamedResource, Resources, VersionSource};
 
-use crate::state::{AgentState, Entry, WorkloadSvid};
+use crate::state::{AgentState, Entry, SlotWatch, WorkloadSvid};
 
 /// Istio's and SPIRE's name for the caller's own certificate.
 pub const DEFAULT: &str = "default";
@@ -194,10 +194,15 @@ impl SecretView {
         versions: &VersionSource,
     ) {
         let version = versions.of_content(w.svid.serial().as_bytes());
-        out.insert(
-            name.to_string(),
-            self.get_or_build(name, version, || tls_certificate(w)),
-        );
+        let resource = if name == w.id().to_string() {
+            // Named by its SPIFFE ID, the secret is the same for every stream: built once.
+            w.shared
+                .get_or_init(|| named(name, version, tls_certificate(w)))
+                .clone()
+        } else {
+            self.get_or_build(name, version, || tls_certificate(w))
+        };
+        out.insert(name.to_string(), resource);
     }
 
     fn add_bundle(
@@ -219,12 +224,14 @@ impl SecretView {
     }
 
     /// The secrets for `state` among `wanted`. Only requested secrets are looked at, and only
-    /// changed ones are rebuilt, so one rotation costs each stream a few map lookups.
+    /// changed ones are rebuilt. `slots` is left watching exactly the identities read, so the
+    /// stream wakes for their rotations and no others.
     pub fn secrets(
         &mut self,
         state: &AgentState,
         versions: &VersionSource,
         wanted: Wanted<'_>,
+        slots: &mut SlotWatch,
     ) -> Visible {
         if state.entries.is_none() {
             return Visible::Pending;
@@ -233,41 +240,55 @@ impl SecretView {
         let Some(first_id) = self.first.clone() else {
             return Visible::NoIdentity;
         };
-        // `default` is always the first entitled identity; until it is minted, wait.
-        let Some(first) = state.svids.get(&first_id).cloned() else {
-            return Visible::Pending;
-        };
         let td_id = state.bundle.trust_domain().id_string();
-        let mut out = Resources::new();
+        let is_bundle = |n: &str| n == ROOTCA || n == ALL || n == td_id;
+        // Which identities this answer reads (and which names can never be had).
+        let mut reads: Vec<(String, SpiffeId)> = Vec::new();
         let mut unknown = Vec::new();
         match wanted {
             Wanted::All => {
-                self.add_svid(&mut out, DEFAULT, &first, versions);
+                reads.push((DEFAULT.into(), first_id.clone()));
                 for id in state.entitled(&self.selectors) {
-                    if let Some(w) = state.svids.get(&id) {
-                        self.add_svid(&mut out, &id.to_string(), w, versions);
-                    }
-                }
-                for name in [ROOTCA, ALL, td_id.as_str()] {
-                    self.add_bundle(&mut out, name, state, versions);
+                    reads.push((id.to_string(), id));
                 }
             }
             Wanted::Names(names) => {
-                for name in names.iter().filter(|n| *n != "*") {
+                for name in names.iter().filter(|n| *n != "*" && !is_bundle(n)) {
                     if name == DEFAULT {
-                        self.add_svid(&mut out, DEFAULT, &first, versions);
-                    } else if name == ROOTCA || name == ALL || *name == td_id {
-                        self.add_bundle(&mut out, name, state, versions);
+                        reads.push((DEFAULT.into(), first_id.clone()));
                     } else if let Some(id) = self.entitled_name(state, name) {
-                        // Entitled but not minted yet: it will be pushed when it is.
-                        if let Some(w) = state.svids.get(&id).cloned() {
-                            self.add_svid(&mut out, name, &w, versions);
-                        }
+                        reads.push((name.clone(), id));
                     } else {
                         unknown.push(name.clone());
                     }
                 }
             }
+        }
+        slots.watch(
+            state,
+            std::iter::once(&first_id).chain(reads.iter().map(|(_, id)| id)),
+        );
+        // `default` is always the first entitled identity; until it is minted, wait.
+        if state.svid(&first_id).is_none() {
+            return Visible::Pending;
+        }
+        let mut out = Resources::new();
+        for (name, id) in &reads {
+            // Entitled but not minted yet: it is pushed when it is.
+            if let Some(w) = state.svid(id) {
+                self.add_svid(&mut out, name, &w, versions);
+            }
+        }
+        let bundles: Vec<&str> = match wanted {
+            Wanted::All => vec![ROOTCA, ALL, td_id.as_str()],
+            Wanted::Names(names) => names
+                .iter()
+                .map(String::as_str)
+                .filter(|n| is_bundle(n))
+                .collect(),
+        };
+        for name in bundles {
+            self.add_bundle(&mut out, name, state, versions);
         }
         Visible::Ready {
             resources: out,

@@ -1,7 +1,9 @@
 //! The agent's immutable snapshot of what it holds, published over `tokio::sync::watch`: the
-//! trust bundle, this node's registration entries, and the current SVID of each identity.
-use std::collections::BTreeMap;
-use std::sync::Arc;
+//! trust bundle, this node's registration entries, and one slot per identity. A rotation
+//! replaces the SVID in its slot (its own `watch`), so it wakes only the streams that watch that
+//! identity and copies nothing else; the snapshot itself changes only with entries or bundle.
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use citadel_api::Selector;
@@ -24,14 +26,15 @@ impl Entry {
     }
 }
 
-/// A workload SVID with its encodings precomputed, since every push reuses them. `Debug`
-/// shows the identity and serial, never the key.
+/// A workload SVID with its PEM encodings precomputed, since every SDS push reuses them, and
+/// the SDS secret named by its SPIFFE ID built once for all streams. `Debug` shows the identity
+/// and serial, never the key.
 pub struct WorkloadSvid {
     pub svid: X509Svid,
     pub chain_pem: String,
     pub key_pem: String,
-    pub key_der: Vec<u8>,
-    pub chain_der: Vec<u8>,
+    /// The `Secret` named by the SPIFFE ID, shared by every stream that asks for it.
+    pub shared: OnceLock<sds::NamedResource>,
 }
 
 impl std::fmt::Debug for WorkloadSvid {
@@ -47,20 +50,27 @@ impl WorkloadSvid {
     pub fn new(svid: X509Svid) -> Option<Self> {
         let key: &PrivateKey = svid.key()?;
         let key_pem = key.to_pem();
-        let key_der = key.to_der();
         let chain_pem = svid.chain_pem();
-        let chain_der = svid
-            .chain()
-            .iter()
-            .flat_map(|c| c.iter().copied())
-            .collect();
         Some(Self {
             svid,
             chain_pem,
             key_pem,
-            key_der,
-            chain_der,
+            shared: OnceLock::new(),
         })
+    }
+
+    /// The chain as concatenated DER (the Workload API's form).
+    pub fn chain_der(&self) -> Vec<u8> {
+        self.svid
+            .chain()
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .collect()
+    }
+
+    /// The private key as PKCS#8 DER.
+    pub fn key_der(&self) -> Vec<u8> {
+        self.svid.key().map(PrivateKey::to_der).unwrap_or_default()
     }
 
     pub fn id(&self) -> &SpiffeId {
@@ -72,13 +82,18 @@ impl WorkloadSvid {
     }
 }
 
-/// Everything a server needs to answer a workload, at one instant.
+/// Where one identity's current SVID lives; `None` until minted and after withdrawal.
+pub type SvidSlot = tokio::sync::watch::Sender<Option<Arc<WorkloadSvid>>>;
+
+/// Everything a server needs to answer a workload, at one instant (the SVIDs through their
+/// slots, which move on their own).
 #[derive(Debug, Clone)]
 pub struct AgentState {
     pub bundle: Arc<TrustBundle>,
     /// Set once the first entry list arrived from citadel.
     pub entries: Option<Arc<Vec<Entry>>>,
-    pub svids: BTreeMap<SpiffeId, Arc<WorkloadSvid>>,
+    /// One slot per identity the entries name.
+    pub svids: Arc<HashMap<SpiffeId, Arc<SvidSlot>>>,
 }
 
 impl AgentState {
@@ -86,8 +101,21 @@ impl AgentState {
         Self {
             bundle: Arc::new(bundle),
             entries: None,
-            svids: BTreeMap::new(),
+            svids: Arc::default(),
         }
+    }
+
+    /// The current SVID of `id`, if minted.
+    pub fn svid(&self, id: &SpiffeId) -> Option<Arc<WorkloadSvid>> {
+        self.svids.get(id)?.borrow().clone()
+    }
+
+    /// Every SVID currently held.
+    pub fn held(&self) -> Vec<Arc<WorkloadSvid>> {
+        self.svids
+            .values()
+            .filter_map(|slot| slot.borrow().clone())
+            .collect()
     }
 
     /// The identities a workload with `selectors` is entitled to, in entry order, deduplicated.
@@ -127,15 +155,58 @@ impl AgentState {
         if entitled.is_empty() {
             return WorkloadView::NoIdentity;
         }
-        let svids: Vec<_> = entitled
-            .iter()
-            .filter_map(|id| self.svids.get(id).cloned())
-            .collect();
+        let svids: Vec<_> = entitled.iter().filter_map(|id| self.svid(id)).collect();
         if svids.is_empty() {
             WorkloadView::Pending
         } else {
             WorkloadView::Ready(svids)
         }
+    }
+}
+
+/// The identity slots one stream depends on: it waits for any of them to change.
+#[derive(Debug, Default)]
+pub struct SlotWatch {
+    watching: HashMap<SpiffeId, (Arc<SvidSlot>, SlotReceiver)>,
+}
+
+type SlotReceiver = tokio::sync::watch::Receiver<Option<Arc<WorkloadSvid>>>;
+
+impl SlotWatch {
+    /// Watches exactly `ids` (slots that do not exist are skipped: an entry change, which
+    /// republishes the snapshot, brings them), each marked as seen: call it before reading the
+    /// SVIDs, so a rotation in between wakes the stream again.
+    pub fn watch<'a>(&mut self, state: &AgentState, ids: impl IntoIterator<Item = &'a SpiffeId>) {
+        let mut next = HashMap::new();
+        for id in ids {
+            if next.contains_key(id) {
+                continue;
+            }
+            let Some(slot) = state.svids.get(id) else {
+                continue;
+            };
+            let watched = match self.watching.remove(id) {
+                Some((known, rx)) if Arc::ptr_eq(&known, slot) => (known, rx),
+                _ => (slot.clone(), slot.subscribe()),
+            };
+            next.insert(id.clone(), watched);
+        }
+        for (_, rx) in next.values_mut() {
+            rx.mark_unchanged();
+        }
+        self.watching = next;
+    }
+
+    /// Resolves when one of the watched SVIDs changes; never, when nothing is watched.
+    pub async fn changed(&mut self) {
+        if self.watching.is_empty() {
+            return std::future::pending().await;
+        }
+        let waits = self
+            .watching
+            .values_mut()
+            .map(|(_, rx)| Box::pin(rx.changed()));
+        let _ = futures::future::select_all(waits).await;
     }
 }
 
@@ -200,5 +271,40 @@ mod tests {
         );
         let stranger: Vec<Selector> = vec!["unix:uid:2000".parse().unwrap()];
         assert!(matches!(state.view(&stranger), WorkloadView::NoIdentity));
+    }
+
+    #[tokio::test]
+    async fn a_rotation_wakes_only_the_watchers_of_that_identity() {
+        use futures::FutureExt;
+        let td = pki::identity::parse_trust_domain("cluster.local").unwrap();
+        let mut state = AgentState::new(TrustBundle::new(td));
+        let a = pki::identity::parse_spiffe_id("spiffe://cluster.local/a").unwrap();
+        let b = pki::identity::parse_spiffe_id("spiffe://cluster.local/b").unwrap();
+        let slots: HashMap<_, _> = [a.clone(), b.clone()]
+            .into_iter()
+            .map(|id| (id, Arc::new(SvidSlot::new(None))))
+            .collect();
+        state.svids = Arc::new(slots);
+        let mut watches_a = SlotWatch::default();
+        let mut watches_b = SlotWatch::default();
+        watches_a.watch(&state, [&a]);
+        watches_b.watch(&state, [&b]);
+        assert!(watches_a.changed().now_or_never().is_none());
+        state.svids[&a].send_replace(None);
+        assert!(
+            watches_a.changed().now_or_never().is_some(),
+            "a's watcher wakes"
+        );
+        assert!(
+            watches_b.changed().now_or_never().is_none(),
+            "b's watcher does not"
+        );
+        watches_a.watch(&state, [&a]);
+        assert!(
+            watches_a.changed().now_or_never().is_none(),
+            "re-watching marks the change seen"
+        );
+        let mut nothing = SlotWatch::default();
+        assert!(nothing.changed().now_or_never().is_none());
     }
 }

@@ -23,7 +23,7 @@ use crate::jwt_cache::JwtCache;
 use crate::manager::Manager;
 use crate::metrics::{Metrics, StreamGuard};
 use crate::peer::{attest_caller, describe, still_same};
-use crate::state::{AgentState, WorkloadView};
+use crate::state::{AgentState, SlotWatch, WorkloadView};
 
 /// The header every Workload API call must carry (SPIFFE Workload Endpoint standard).
 pub const SECURITY_HEADER: &str = "workload.spiffe.io";
@@ -90,8 +90,8 @@ fn x509_response(
         .iter()
         .map(|w| X509svid {
             spiffe_id: w.id().to_string(),
-            x509_svid: w.chain_der.clone(),
-            x509_svid_key: w.key_der.clone(),
+            x509_svid: w.chain_der(),
+            x509_svid_key: w.key_der(),
             bundle: bundle.clone(),
             hint: String::new(),
         })
@@ -124,10 +124,12 @@ impl WorkloadApiServer {
     }
 
     /// Runs a full-state stream: `render` turns each snapshot into a message (or `None` while
-    /// pending); identical messages are not re-sent.
+    /// pending); identical messages are not re-sent. With `svids`, the stream also wakes when
+    /// one of the workload's SVIDs rotates.
     fn full_state_stream<M: Send + 'static>(
         &self,
         workload: Workload,
+        svids: bool,
         render: impl Fn(&AgentState, &Workload) -> Result<Option<(Fingerprint, M)>, Status>
         + Send
         + 'static,
@@ -140,12 +142,16 @@ impl WorkloadApiServer {
         tokio::spawn(async move {
             let _guard = guard;
             let mut last: Option<Fingerprint> = None;
+            let mut slots = SlotWatch::default();
             loop {
                 if let Err(status) = still_same(&attestor, &workload) {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
                 let state = state_rx.borrow_and_update().clone();
+                if svids {
+                    slots.watch(&state, state.entitled(&workload.selectors).iter());
+                }
                 match render(&state, &workload) {
                     Err(status) => {
                         let _ = tx.send(Err(status)).await;
@@ -161,6 +167,7 @@ impl WorkloadApiServer {
                 }
                 tokio::select! {
                     changed = state_rx.changed() => if changed.is_err() { return },
+                    () = slots.changed() => {},
                     _ = tx.closed() => return,
                     _ = stopping.wait_for(|s| *s) => return,
                 }
@@ -177,7 +184,7 @@ impl WorkloadApiServer {
         encode: fn(&TrustBundle) -> Vec<u8>,
         wrap: fn(HashMap<String, Vec<u8>>) -> M,
     ) -> BoxStream<M> {
-        self.full_state_stream(workload, move |state, w| {
+        self.full_state_stream(workload, false, move |state, w| {
             if state.entries.is_some() && state.first_entitled(&w.selectors).is_none() {
                 return Err(no_identity(w));
             }
@@ -226,9 +233,11 @@ impl SpiffeWorkloadApi for WorkloadApiServer {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&req)?;
         let workload = attest_caller(&self.attestor, &req)?;
-        Ok(Response::new(
-            self.full_state_stream(workload, x509_response),
-        ))
+        Ok(Response::new(self.full_state_stream(
+            workload,
+            true,
+            x509_response,
+        )))
     }
 
     async fn fetch_x509_bundles(

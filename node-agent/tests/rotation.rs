@@ -111,9 +111,20 @@ fn web() -> SpiffeId {
 
 fn current_serial(m: &Manager) -> Option<String> {
     m.snapshot()
+        .svid(&web())
+        .map(|s| s.svid.serial().to_string())
+}
+
+/// Waits for the first SVID of `web`: a rotation moves only its slot, not the snapshot.
+async fn first_svid(m: &Manager) {
+    let slot = m
+        .snapshot()
         .svids
         .get(&web())
-        .map(|s| s.svid.serial().to_string())
+        .cloned()
+        .expect("a slot per entry");
+    let mut rx = slot.subscribe();
+    rx.wait_for(Option::is_some).await.unwrap();
 }
 
 /// Lets spawned tasks run; paused time advances only through sleeps.
@@ -130,10 +141,7 @@ async fn rotates_at_half_life_keeps_the_last_svid_and_recovers_within_the_cap() 
         selectors: vec!["unix:uid:1".parse().unwrap()],
         ttl_seconds: 60,
     }]);
-    let mut rx = manager.subscribe();
-    while current_serial(&manager).is_none() {
-        rx.changed().await.unwrap();
-    }
+    first_svid(&manager).await;
     let first = current_serial(&manager).unwrap();
     let issued = clock.now();
 
@@ -143,7 +151,7 @@ async fn rotates_at_half_life_keeps_the_last_svid_and_recovers_within_the_cap() 
     advance(Duration::from_secs(8)).await;
     let second = current_serial(&manager).unwrap();
     assert_ne!(second, first, "rotated between 27 s and 34 s");
-    let second_not_after = manager.snapshot().svids[&web()].not_after();
+    let second_not_after = manager.snapshot().svid(&web()).unwrap().not_after();
     assert!(second_not_after > issued + Duration::from_secs(80));
 
     // citadel fails: the current SVID keeps being served while valid, with retries backing off.
@@ -187,10 +195,7 @@ async fn removing_an_entry_withdraws_its_svid_at_once() {
         ttl_seconds: 60,
     };
     manager.set_entries(vec![entry]);
-    let mut rx = manager.subscribe();
-    while current_serial(&manager).is_none() {
-        rx.changed().await.unwrap();
-    }
+    first_svid(&manager).await;
     manager.set_entries(vec![]);
     assert!(current_serial(&manager).is_none());
     advance(Duration::from_secs(120)).await;
