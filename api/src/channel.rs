@@ -52,8 +52,14 @@ pub fn citadel_client_config(
 /// A lazily connecting gRPC channel to `addr` (`host:port`) over TLS. Each reconnect does a new
 /// handshake, so a rotated client SVID is used from the next connection on.
 pub fn tls_channel(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel, ChannelError> {
+    // Keepalives find a dead peer on an idle watch stream (a half-open connection would
+    // otherwise hang until the next reconnect).
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| ChannelError::Address(addr.into()))?;
+        .map_err(|_| ChannelError::Address(addr.into()))?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(30))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h)

@@ -27,6 +27,16 @@ pub enum DirError {
          what is in it. Run `chmod go-w {path}` or choose another location"
     )]
     Writable { path: PathBuf, mode: u32 },
+    #[error(
+        "{path}, a parent of {dir}, is owned by uid {owner} or writable by others without the \
+         sticky bit (mode {mode:o}); another user could replace {dir}. Choose another location"
+    )]
+    UnsafeParent {
+        path: PathBuf,
+        dir: PathBuf,
+        owner: u32,
+        mode: u32,
+    },
 }
 
 /// The effective uid of this process.
@@ -77,7 +87,34 @@ pub fn owned_dir(path: &Path, mode: u32) -> Result<bool, DirError> {
             mode: meta.mode() & 0o7777,
         });
     }
+    check_parents(path, me)?;
     Ok(created)
+}
+
+/// Like ssh's StrictModes: every parent must belong to root or to us, and one that others may
+/// write must be sticky (as `/tmp` is), or the directory could be renamed away and replaced.
+fn check_parents(dir: &Path, me: u32) -> Result<(), DirError> {
+    let full = fs::canonicalize(dir).map_err(|source| DirError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for parent in full.ancestors().skip(1) {
+        let meta = fs::metadata(parent).map_err(|source| DirError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+        let mode = meta.mode() & 0o7777;
+        let writable_by_others = mode & 0o022 != 0 && mode & 0o1000 == 0;
+        if (meta.uid() != 0 && meta.uid() != me) || writable_by_others {
+            return Err(DirError::UnsafeParent {
+                path: parent.to_path_buf(),
+                dir: dir.to_path_buf(),
+                owner: meta.uid(),
+                mode,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes `data` to `path` so that a crash leaves either the old or the new content, never a
@@ -160,6 +197,16 @@ mod tests {
             "{err}"
         );
         assert_eq!(fs::metadata(&open).unwrap().mode() & 0o777, 0o777);
+
+        let loose = root.path().join("loose");
+        fs::create_dir(&loose).unwrap();
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = owned_dir(&loose.join("inner"), 0o755).unwrap_err();
+        assert!(matches!(err, DirError::UnsafeParent { .. }), "{err}");
+        let sticky = root.path().join("sticky");
+        fs::create_dir(&sticky).unwrap();
+        fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+        owned_dir(&sticky.join("inner"), 0o755).expect("a sticky parent, like /tmp, is fine");
 
         let link = root.path().join("link");
         std::os::unix::fs::symlink(&fresh, &link).unwrap();

@@ -79,17 +79,19 @@ pub(crate) fn ttl_from(seconds: i64) -> Result<Duration, tonic::Status> {
 }
 
 /// The wire form of a node update.
-pub(crate) fn update_message(update: &NodeUpdate) -> ca::EntryList {
+pub(crate) fn update_message(update: &NodeUpdate, history: &str) -> ca::EntryList {
     match update {
         NodeUpdate::Full { entries, revision } => ca::EntryList {
             entries: entries.iter().map(entry_message).collect(),
             revision: *revision,
             full: true,
             removed_ids: vec![],
+            history_id: history.to_string(),
         },
         NodeUpdate::Changes { changes, revision } => {
             let mut msg = ca::EntryList {
                 revision: *revision,
+                history_id: history.to_string(),
                 ..Default::default()
             };
             for change in changes {

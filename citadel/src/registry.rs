@@ -74,7 +74,9 @@ pub enum NodeUpdate {
 pub struct NodeSignal {
     /// Bumped on every change to the node's entries.
     pub changes: u64,
-    pub evicted: bool,
+    /// Bumped on every eviction: a stream ends when this moves past the value it started
+    /// with, so a node evicted and then re-attested gets working streams again.
+    pub evictions: u64,
 }
 
 /// What citadel saw of a node since it started (not persisted: it changes on every call).
@@ -100,6 +102,7 @@ pub struct Registry {
     signals: Mutex<HashMap<String, watch::Sender<NodeSignal>>>,
     presence: Mutex<HashMap<String, Presence>>,
     legacy_cutoff: Option<SystemTime>,
+    history_id: String,
 }
 
 fn token_hash(token: &str) -> String {
@@ -138,12 +141,14 @@ impl Registry {
         trust_domain: TrustDomain,
     ) -> Result<Self, RegistryError> {
         let legacy_cutoff = store.legacy_cutoff()?;
+        let history_id = store.history_id()?;
         Ok(Self {
             store,
             trust_domain,
             signals: Mutex::default(),
             presence: Mutex::default(),
             legacy_cutoff,
+            history_id,
         })
     }
 
@@ -168,9 +173,11 @@ impl Registry {
         }
     }
 
-    /// A receiver that wakes when `node`'s entries change or the node is evicted.
+    /// A receiver that wakes when `node`'s entries change or the node is evicted. Subscribe
+    /// before authorizing a stream, so an eviction in between is not missed.
     pub fn subscribe_node(&self, node: &str) -> watch::Receiver<NodeSignal> {
         let mut signals = self.signals.lock().expect("signal lock poisoned");
+        signals.retain(|n, tx| n == node || tx.receiver_count() > 0);
         signals
             .entry(node.to_string())
             .or_insert_with(|| watch::Sender::new(NodeSignal::default()))
@@ -356,10 +363,22 @@ impl Registry {
         Ok(self.store.entry_for(node, id)?)
     }
 
-    /// What a node holding `since` needs to be current: the changes, or everything when it
-    /// holds nothing (0) or a revision older than the kept history.
-    pub fn node_update(&self, node: &str, since: u64) -> Result<NodeUpdate, RegistryError> {
+    /// The identity of this registry's history; revisions from another one mean nothing here.
+    pub fn history_id(&self) -> &str {
+        &self.history_id
+    }
+
+    /// What a node holding `since` of history `history` needs to be current: the changes, or
+    /// everything when it holds nothing (0), a revision older than the kept history, or a
+    /// revision of another history (a restored or recreated database).
+    pub fn node_update(
+        &self,
+        node: &str,
+        since: u64,
+        history: &str,
+    ) -> Result<NodeUpdate, RegistryError> {
         if since > 0
+            && history == self.history_id
             && let Some((changes, revision)) = self.store.node_changes(node, since)?
         {
             return Ok(NodeUpdate::Changes { changes, revision });
@@ -373,17 +392,19 @@ impl Registry {
         Ok(NodeUpdate::Full { entries, revision })
     }
 
-    /// Whether `node` may act with the SVID `serial` (issued at `not_before`): it must be
-    /// attested, not evicted, and the SVID one citadel issued it and still accepts.
+    /// Whether `node` may act with the SVID `serial` (issued at `not_before`) at `now`: it
+    /// must be attested, not evicted, and the SVID its newest, or the one it renewed with
+    /// during the grace period after that renewal.
     pub fn authorize_node(
         &self,
         node: &str,
         serial: &str,
         not_before: SystemTime,
+        now: SystemTime,
     ) -> Result<(), RegistryError> {
         match self.store.node(node)? {
             Some(r) if r.evicted_at.is_some() => Err(RegistryError::Evicted(node.into())),
-            Some(r) if r.accepts(serial) => Ok(()),
+            Some(r) if r.accepts(serial, now) => Ok(()),
             None if self.is_legacy(not_before) => Ok(()),
             _ => Err(RegistryError::UnknownNodeSvid {
                 node: node.into(),
@@ -412,11 +433,14 @@ impl Registry {
             .store
             .record_renewal(node, presented, next, now, adopt)?
         {
-            Ok(())
-        } else {
-            self.authorize_node(node, presented, presented_not_before)
-                .and(Err(RegistryError::Evicted(node.into())))
+            return Ok(());
         }
+        // Lost a race with an eviction or another renewal: say which.
+        self.authorize_node(node, presented, presented_not_before, now)?;
+        Err(RegistryError::UnknownNodeSvid {
+            node: node.into(),
+            serial: presented.into(),
+        })
     }
 
     /// Notes that `node` called, with its reported agent version.
@@ -465,14 +489,16 @@ impl Registry {
             .collect())
     }
 
-    /// Evicts a node: refused from its next call on, its watchers told at once.
+    /// Evicts a node: refused from its next call on, its watchers told at once, and join
+    /// tokens issued for it before now are void.
     pub fn evict(&self, node: &str, now: SystemTime) -> Result<NodeRecord, RegistryError> {
         self.check_node(node)?;
+        // A node attested before node records existed has none yet: record it evicted.
         let record = self
             .store
-            .evict(node, now)?
+            .evict(node, now, self.legacy_cutoff.is_some())?
             .ok_or_else(|| RegistryError::NoSuchNode(node.into()))?;
-        self.signal(node, |s| s.evicted = true);
+        self.signal(node, |s| s.evictions += 1);
         Ok(record)
     }
 }
@@ -613,7 +639,8 @@ mod tests {
         let before = r.revision().unwrap();
         r.delete_entry(&e.id).unwrap();
         assert_eq!(
-            r.node_update("n1", before).unwrap(),
+            r.node_update("n1", before, &r.history_id().to_string())
+                .unwrap(),
             NodeUpdate::Changes {
                 changes: vec![EntryChange::Removed(e.id.clone())],
                 revision: before + 1
@@ -638,7 +665,8 @@ mod tests {
                 &pki::SystemRandom,
             )
             .unwrap();
-        let NodeUpdate::Full { entries, revision } = r.node_update("n1", 0).unwrap() else {
+        let h = r.history_id().to_string();
+        let NodeUpdate::Full { entries, revision } = r.node_update("n1", 0, &h).unwrap() else {
             panic!("0 asks for the full list");
         };
         assert_eq!(entries, vec![a.clone()]);
@@ -656,15 +684,20 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            r.node_update("n1", revision).unwrap(),
+            r.node_update("n1", revision, &h).unwrap(),
             NodeUpdate::Changes {
                 changes: vec![EntryChange::Upserted(b)],
                 revision: revision + 2
             }
         );
-        // A revision this database never had (another citadel's) means a full resend.
+        // A revision this database never reached, or one of another history (a restored or
+        // recreated database), means a full resend.
         assert!(matches!(
-            r.node_update("n1", revision + 100).unwrap(),
+            r.node_update("n1", revision + 100, &h).unwrap(),
+            NodeUpdate::Full { .. }
+        ));
+        assert!(matches!(
+            r.node_update("n1", revision, "another-history").unwrap(),
             NodeUpdate::Full { .. }
         ));
     }
@@ -678,24 +711,31 @@ mod tests {
             .create_token("n1", Duration::from_secs(60), now, &pki::SystemRandom)
             .unwrap();
         r.spend_token(&token, "n1", &svid("aa"), now).unwrap();
-        r.authorize_node("n1", "aa", now).unwrap();
+        r.authorize_node("n1", "aa", now, now).unwrap();
         assert!(matches!(
-            r.authorize_node("n1", "bb", now),
+            r.authorize_node("n1", "bb", now, now),
             Err(RegistryError::UnknownNodeSvid { .. })
         ));
         r.record_renewal("n1", "aa", now, &svid("bb"), now).unwrap();
-        r.authorize_node("n1", "aa", now).unwrap();
-        r.authorize_node("n1", "bb", now).unwrap();
+        r.authorize_node("n1", "aa", now, now).unwrap();
+        r.authorize_node("n1", "bb", now, now).unwrap();
         r.record_renewal("n1", "bb", now, &svid("cc"), now).unwrap();
         assert!(
-            r.authorize_node("n1", "aa", now).is_err(),
+            r.authorize_node("n1", "aa", now, now).is_err(),
             "two renewals ago"
         );
         let mut watch = r.subscribe_node("n1");
+        let (unused, _) = r
+            .create_token("n1", Duration::from_secs(60), now, &pki::SystemRandom)
+            .unwrap();
         r.evict("n1", now).unwrap();
-        assert!(watch.borrow_and_update().evicted);
+        assert_eq!(watch.borrow_and_update().evictions, 1);
+        assert!(
+            r.check_token(&unused, now).is_err(),
+            "a token issued before the eviction is void"
+        );
         assert_eq!(
-            r.authorize_node("n1", "cc", now),
+            r.authorize_node("n1", "cc", now, now),
             Err(RegistryError::Evicted("n1".into()))
         );
         assert_eq!(
@@ -710,10 +750,36 @@ mod tests {
             .create_token("n1", Duration::from_secs(60), now, &pki::SystemRandom)
             .unwrap();
         r.spend_token(&fresh, "n1", &svid("ee"), now).unwrap();
-        r.authorize_node("n1", "ee", now).unwrap();
+        r.authorize_node("n1", "ee", now, now).unwrap();
         assert!(
-            r.authorize_node("n1", "cc", now).is_err(),
+            r.authorize_node("n1", "cc", now, now).is_err(),
             "SVIDs from before the eviction stay refused"
+        );
+    }
+
+    #[test]
+    fn the_svid_a_node_renewed_with_is_accepted_only_briefly() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let now = SystemTime::now();
+        let (token, _) = r
+            .create_token("n1", Duration::from_secs(60), now, &pki::SystemRandom)
+            .unwrap();
+        r.spend_token(&token, "n1", &svid("aa"), now).unwrap();
+        r.record_renewal("n1", "aa", now, &svid("bb"), now).unwrap();
+        let later = now + Duration::from_secs(30);
+        r.authorize_node("n1", "aa", now, later).unwrap();
+        // A retry of the renewal with the old SVID (its reply was lost) still works, but does
+        // not extend the old SVID's grace.
+        r.record_renewal("n1", "aa", now, &svid("cc"), later)
+            .unwrap();
+        let past_grace = now + NodeRecord::GRACE + Duration::from_secs(1);
+        assert!(r.authorize_node("n1", "aa", now, past_grace).is_err());
+        r.authorize_node("n1", "cc", now, past_grace).unwrap();
+        assert!(
+            r.record_renewal("n1", "aa", now, &svid("dd"), past_grace)
+                .is_err(),
+            "an old SVID cannot renew after the grace period"
         );
     }
 
@@ -750,11 +816,11 @@ mod tests {
         assert!(dir.path().join("state/registry.json.migrated").exists());
         // An agent attested before the upgrade keeps working and is recorded at renewal.
         let before = cutoff - Duration::from_secs(10);
-        r.authorize_node("n1", "legacy", before).unwrap();
-        assert!(r.authorize_node("n1", "legacy", cutoff).is_err());
+        r.authorize_node("n1", "legacy", before, now).unwrap();
+        assert!(r.authorize_node("n1", "legacy", cutoff, now).is_err());
         r.record_renewal("n1", "legacy", before, &svid("new"), now)
             .unwrap();
-        r.authorize_node("n1", "new", now).unwrap();
+        r.authorize_node("n1", "new", now, now).unwrap();
         drop(r);
         // Reopening does not import again.
         std::fs::write(dir.path().join("state/registry.json"), json.to_string()).unwrap();

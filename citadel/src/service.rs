@@ -78,12 +78,20 @@ pub struct Issued {
     pub bundle: Arc<TrustBundle>,
 }
 
-/// A freshly signed JWT-SVID.
-#[derive(Debug)]
+/// A freshly signed JWT-SVID. `Debug` leaves out the token: it is a bearer credential.
 pub struct IssuedJwt {
     pub spiffe_id: SpiffeId,
     pub token: String,
     pub expires_at: SystemTime,
+}
+
+impl std::fmt::Debug for IssuedJwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedJwt")
+            .field("spiffe_id", &self.spiffe_id.to_string())
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What an issuance contributes to its audit line.
@@ -283,7 +291,7 @@ impl CaService {
             ))
         })?;
         self.registry
-            .authorize_node(node, &peer.serial, peer.not_before)?;
+            .authorize_node(node, &peer.serial, peer.not_before, now)?;
         self.registry.seen(node, &ctx.agent_version, now);
         Ok(node.to_string())
     }
@@ -299,6 +307,11 @@ impl CaService {
         let node = self.authorize_node_caller(ctx, peer, now)?;
         if requested == &peer.id {
             return Ok(Grant::NodeRenewal { node });
+        }
+        if requested.path().starts_with("/citadel/") {
+            return Err(CaError::PermissionDenied(format!(
+                "{requested} is reserved for citadel and its nodes"
+            )));
         }
         let entry = self.registry.entry_for(&node, requested)?.ok_or_else(|| {
             CaError::PermissionDenied(format!("no entry assigns {requested} to node {node}"))

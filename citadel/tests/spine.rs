@@ -68,6 +68,12 @@ async fn an_evicted_node_is_refused_everything_until_a_new_token() {
     let first = watch.next().await.unwrap().unwrap();
     assert!(first.full);
     assert_eq!(first.entries.len(), 1);
+    let mut bundle_watch = as_node
+        .watch_trust_bundle(TrustBundleRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    bundle_watch.next().await.unwrap().unwrap();
 
     let (ok, out, err) = citadel.cli(&["node", "list", "-o", "json"]);
     assert!(ok, "{err}");
@@ -84,6 +90,10 @@ async fn an_evicted_node_is_refused_everything_until_a_new_token() {
         .await
         .expect("the watch stream stayed open after eviction");
     assert_eq!(ended.unwrap().unwrap_err().code(), Code::PermissionDenied);
+    let ended = tokio::time::timeout(Duration::from_secs(5), bundle_watch.next())
+        .await
+        .expect("the bundle watch stayed open after eviction");
+    assert!(!matches!(ended, Some(Ok(_))), "{ended:?}");
     // Every later call is refused, with an audit line.
     let (_, node_csr) = key_and_csr(NODE);
     let err = as_node
@@ -181,8 +191,39 @@ async fn a_workload_svid_cannot_renew_itself_or_obtain_anything() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert_eq!(refusals(&citadel, "RenewSvid").len(), 1);
-    assert_eq!(refusals(&citadel, "CreateCertificate").len(), 1);
+    let mut as_web = client(&citadel.grpc, &citadel.bundle(), Some(&web));
+    let (_, csr) = key_and_csr(WEB);
+    let err = as_web
+        .mint_x509_svid(CsrRequest {
+            csr,
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = as_web
+        .mint_jwt_svid(citadel_api::ca::JwtSvidRequest {
+            spiffe_id: WEB.into(),
+            audience: vec!["x".into()],
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = as_web
+        .watch_entries(WatchEntriesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    for method in [
+        "RenewSvid",
+        "CreateCertificate",
+        "MintX509Svid",
+        "MintJwtSvid",
+        "WatchEntries",
+    ] {
+        assert_eq!(refusals(&citadel, method).len(), 1, "{method}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,17 +75,26 @@ impl GrpcCa {
         self.timeout
     }
 
+    /// `call` (a unary call, or the opening of a stream), bounded by the call deadline.
+    pub async fn deadline<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "citadel did not answer within {:?}",
+                    self.timeout
+                )))
+            })
+    }
+
     async fn call<T>(
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, tonic::Status> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map(tonic::Response::into_inner),
-            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
-                "citadel did not answer within {:?}",
-                self.timeout
-            ))),
-        }
+        self.deadline(call).await.map(tonic::Response::into_inner)
     }
 }
 

@@ -188,9 +188,12 @@ impl AgentConfig {
             file.join_token,
         ) {
             (Some(t), _, _) => Some(t),
-            (None, Some(path), _) => Some(JoinToken::new(
-                std::fs::read_to_string(&path).map_err(|e| AgentError::io(&path, e))?,
-            )),
+            // A file removed after the first attestation is fine: restarts need no token.
+            (None, Some(path), _) => match std::fs::read_to_string(&path) {
+                Ok(text) => Some(JoinToken::new(text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(AgentError::io(&path, e)),
+            },
             (None, None, t) => t,
         };
         let token_node = join_token

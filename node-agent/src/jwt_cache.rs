@@ -8,18 +8,27 @@ use pki::identity::SpiffeId;
 
 type Key = (SpiffeId, Vec<String>);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Cached {
     token: String,
     reuse_until: SystemTime,
     expires: SystemTime,
 }
 
-/// A bounded cache of JWT-SVIDs by identity and audience.
-#[derive(Debug)]
+/// A bounded cache of JWT-SVIDs by identity and audience. `Debug` shows only its size: the
+/// tokens are bearer credentials.
 pub struct JwtCache {
     capacity: usize,
     tokens: HashMap<Key, Cached>,
+}
+
+impl std::fmt::Debug for JwtCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtCache")
+            .field("capacity", &self.capacity)
+            .field("len", &self.tokens.len())
+            .finish()
+    }
 }
 
 fn key(id: &SpiffeId, audience: &[String]) -> Key {

@@ -44,11 +44,17 @@ fn entry_from(e: &ca::Entry) -> Option<Entry> {
 pub struct EntrySet {
     by_id: HashMap<String, Entry>,
     revision: u64,
+    history: String,
 }
 
 impl EntrySet {
-    /// Applies one message from citadel.
-    pub fn apply(&mut self, list: &ca::EntryList) {
+    /// Applies one message from citadel; returns whether the entries changed.
+    pub fn apply(&mut self, list: &ca::EntryList) -> bool {
+        self.revision = list.revision;
+        self.history.clone_from(&list.history_id);
+        if !list.full && list.entries.is_empty() && list.removed_ids.is_empty() {
+            return false;
+        }
         if list.full {
             self.by_id.clear();
         }
@@ -61,11 +67,15 @@ impl EntrySet {
                 None => self.by_id.remove(&e.id),
             };
         }
-        self.revision = list.revision;
+        true
     }
 
-    pub fn revision(&self) -> u64 {
-        self.revision
+    /// What to resume from: the revision and history of the last message applied.
+    pub fn position(&self) -> WatchEntriesRequest {
+        WatchEntriesRequest {
+            since_revision: self.revision,
+            history_id: self.history.clone(),
+        }
     }
 
     /// In a stable order (SPIFFE ID, then entry id): a workload's `default` is its first.
@@ -102,18 +112,18 @@ pub async fn follow_entries(
     loop {
         let mut moved = ca.subscribe();
         moved.borrow_and_update();
-        let req = request(WatchEntriesRequest {
-            since_revision: held.revision(),
-        });
-        match ca.client().watch_entries(req).await {
+        let req = request(held.position());
+        match ca.deadline(ca.client().watch_entries(req)).await {
             Ok(resp) => {
                 let mut stream = resp.into_inner();
                 while let Some(item) = next_or_moved(&mut stream, &mut moved).await {
                     match item {
                         Ok(list) => {
                             backoff.reset();
-                            held.apply(&list);
-                            manager.set_entries(held.entries());
+                            // An empty delta (a resumed watch with nothing new) wakes nobody.
+                            if held.apply(&list) {
+                                manager.set_entries(held.entries());
+                            }
                         }
                         Err(status) => {
                             tracing::warn!(%status, "entry watch ended");
@@ -147,8 +157,10 @@ pub async fn follow_bundle(
         let mut moved = ca.subscribe();
         moved.borrow_and_update();
         match ca
-            .client()
-            .watch_trust_bundle(request(TrustBundleRequest {}))
+            .deadline(
+                ca.client()
+                    .watch_trust_bundle(request(TrustBundleRequest {})),
+            )
             .await
         {
             Ok(resp) => {
@@ -215,7 +227,7 @@ mod tests {
     #[test]
     fn deltas_apply_over_a_full_list() {
         let mut set = EntrySet::default();
-        set.apply(&ca::EntryList {
+        assert!(set.apply(&ca::EntryList {
             entries: vec![
                 wire("2", "spiffe://cluster.local/b"),
                 wire("1", "spiffe://cluster.local/a"),
@@ -223,21 +235,34 @@ mod tests {
             revision: 5,
             full: true,
             removed_ids: vec![],
-        });
-        set.apply(&ca::EntryList {
+            history_id: "h".into(),
+        }));
+        assert!(set.apply(&ca::EntryList {
             entries: vec![wire("3", "spiffe://cluster.local/c")],
             revision: 7,
             full: false,
             removed_ids: vec!["1".into()],
-        });
+            history_id: "h".into(),
+        }));
         let ids: Vec<_> = set.entries().into_iter().map(|e| e.id).collect();
         assert_eq!(ids, ["2", "3"]);
-        assert_eq!(set.revision(), 7);
+        assert_eq!(set.position().since_revision, 7);
+        assert_eq!(set.position().history_id, "h");
+        assert!(
+            !set.apply(&ca::EntryList {
+                revision: 9,
+                history_id: "h".into(),
+                ..Default::default()
+            }),
+            "an empty delta changes nothing"
+        );
+        assert_eq!(set.position().since_revision, 9);
         set.apply(&ca::EntryList {
             entries: vec![wire("9", "spiffe://cluster.local/z")],
             revision: 8,
             full: true,
             removed_ids: vec![],
+            history_id: "other".into(),
         });
         let ids: Vec<_> = set.entries().into_iter().map(|e| e.id).collect();
         assert_eq!(ids, ["9"], "a full list replaces everything");

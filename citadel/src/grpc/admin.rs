@@ -154,6 +154,7 @@ impl Admin for AdminApi {
             revision: s.registry.revision().map_err(CaError::from)?,
             full: true,
             removed_ids: vec![],
+            history_id: s.registry.history_id().to_string(),
         }))
     }
 
@@ -184,6 +185,7 @@ impl Admin for AdminApi {
             revision,
             full: true,
             removed_ids: vec![],
+            history_id: registry.history_id().to_string(),
         }))
     }
 

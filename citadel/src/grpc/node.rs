@@ -152,12 +152,14 @@ impl NodeCa for NodeApi {
     ) -> Result<Response<Self::WatchTrustBundleStream>, Status> {
         let ctx = context(&req, "WatchTrustBundle");
         // The bundle is public, but a node that presents its SVID must not be evicted, and its
-        // stream ends when it is.
+        // stream ends when it is. Subscribed before authorizing, so no eviction falls between.
         let td = self.service.authority.trust_domain();
         let evicted = match &ctx.caller {
-            Caller::Svid(peer) if node_name(&peer.id, td).is_some() => {
-                let node = self.service.watch_node(&ctx)?;
-                Some(self.service.registry.subscribe_node(&node))
+            Caller::Svid(peer) if let Some(node) = node_name(&peer.id, td) => {
+                let rx = self.service.registry.subscribe_node(node);
+                let epoch = rx.borrow().evictions;
+                self.service.watch_node(&ctx)?;
+                Some((rx, epoch))
             }
             _ => None,
         };
@@ -169,8 +171,8 @@ impl NodeCa for NodeApi {
         let stream = futures::StreamExt::take_until(stream, stopped(self.stopping.clone()));
         let stream = futures::StreamExt::take_until(stream, async move {
             match evicted {
-                Some(mut rx) => {
-                    let _ = rx.wait_for(|s| s.evicted).await;
+                Some((mut rx, epoch)) => {
+                    let _ = rx.wait_for(|s| s.evictions > epoch).await;
                 }
                 None => std::future::pending().await,
             }
@@ -185,19 +187,37 @@ impl NodeCa for NodeApi {
         req: Request<WatchEntriesRequest>,
     ) -> Result<Response<Self::WatchEntriesStream>, Status> {
         let ctx = context(&req, "WatchEntries");
-        let since = req.get_ref().since_revision;
-        let node = self.service.watch_node(&ctx)?;
+        let (since, history) = {
+            let body = req.get_ref();
+            (body.since_revision, body.history_id.clone())
+        };
         let registry = self.service.registry.clone();
-        // Subscribe before the first read, so no change falls between the two.
-        let mut signal = registry.subscribe_node(&node);
-        let first = registry.node_update(&node, since).map_err(CaError::from)?;
+        // Subscribe before authorizing and before the first read, so neither an eviction nor
+        // a change falls in between.
+        let td = self.service.authority.trust_domain();
+        let mut signal = match &ctx.caller {
+            Caller::Svid(peer) if let Some(node) = node_name(&peer.id, td) => {
+                Some(registry.subscribe_node(node))
+            }
+            _ => None,
+        };
+        let node = self.service.watch_node(&ctx)?;
+        let mut signal = signal.take().expect("a node caller was subscribed");
+        let epoch = signal.borrow_and_update().evictions;
+        let first = registry
+            .node_update(&node, since, &history)
+            .map_err(CaError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut stopping = self.stopping.clone();
         let guard = StreamGuard::new(&self.service.metrics, "entries");
         tokio::spawn(async move {
             let _guard = guard;
             let mut held = revision(&first);
-            if tx.send(Ok(update_message(&first))).await.is_err() {
+            if tx
+                .send(Ok(update_message(&first, registry.history_id())))
+                .await
+                .is_err()
+            {
                 return;
             }
             loop {
@@ -207,14 +227,14 @@ impl NodeCa for NodeApi {
                     () = tx.closed() => return,
                     _ = stopping.wait_for(|s| *s) => return,
                 }
-                if signal.borrow_and_update().evicted {
+                if signal.borrow_and_update().evictions > epoch {
                     let status = Status::permission_denied(format!(
                         "node {node} is evicted; it needs a new join token"
                     ));
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
-                let update = match registry.node_update(&node, held) {
+                let update = match registry.node_update(&node, held, registry.history_id()) {
                     Ok(update) => update,
                     Err(e) => {
                         let _ = tx.send(Err(CaError::from(e).into())).await;
@@ -224,7 +244,12 @@ impl NodeCa for NodeApi {
                 let empty =
                     matches!(&update, NodeUpdate::Changes { changes, .. } if changes.is_empty());
                 held = revision(&update);
-                if !empty && tx.send(Ok(update_message(&update))).await.is_err() {
+                if !empty
+                    && tx
+                        .send(Ok(update_message(&update, registry.history_id())))
+                        .await
+                        .is_err()
+                {
                     return;
                 }
             }

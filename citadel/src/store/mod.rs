@@ -47,8 +47,8 @@ pub struct NodeRecord {
     pub name: String,
     /// Hex serial of the node's newest SVID.
     pub serial: String,
-    /// The SVID the node renewed with: still accepted until the next renewal, so a reply lost
-    /// in transit never locks a node out.
+    /// The SVID the node renewed with: still accepted for `GRACE` after that renewal, so a
+    /// reply lost in transit or a call in flight on the old connection does not fail.
     pub previous_serial: Option<String>,
     pub expires_at: SystemTime,
     pub attested_at: SystemTime,
@@ -58,10 +58,15 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    /// Whether `serial` is an SVID citadel still accepts from this node.
-    pub fn accepts(&self, serial: &str) -> bool {
+    /// How long the SVID a node renewed with stays accepted.
+    pub const GRACE: Duration = Duration::from_secs(60);
+
+    /// Whether `serial` is an SVID citadel still accepts from this node at `now`.
+    pub fn accepts(&self, serial: &str, now: SystemTime) -> bool {
         self.evicted_at.is_none()
-            && (self.serial == serial || self.previous_serial.as_deref() == Some(serial))
+            && (self.serial == serial
+                || (self.previous_serial.as_deref() == Some(serial)
+                    && now < self.renewed_at + Self::GRACE))
     }
 }
 
@@ -122,8 +127,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The newest revision.
     fn revision(&self) -> Result<u64, StoreError>;
     /// The changes to `node`'s entries after `since`, and the revision they bring it to;
-    /// `None` when `since` is older than the retained history (or from another database), so
-    /// the caller needs the full list.
+    /// `None` when `since` is older than the retained history or newer than the newest
+    /// revision, so the caller needs the full list.
     fn node_changes(
         &self,
         node: &str,
@@ -151,8 +156,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError>;
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
     /// Records a renewal made with the SVID `presented`, if the node is not evicted and still
-    /// accepts it (or, with `adopt`, creates the record for a node attested before this store
-    /// existed). Returns whether it was recorded.
+    /// accepts it (`NodeRecord::accepts`; or, with `adopt`, creates the record for a node
+    /// attested before this store existed). A renewal with the previous SVID (a retry) keeps
+    /// the original renewal time, so it cannot extend that SVID's grace. Returns whether it
+    /// was recorded.
     fn record_renewal(
         &self,
         name: &str,
@@ -161,8 +168,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: SystemTime,
         adopt: bool,
     ) -> Result<bool, StoreError>;
-    /// Marks a node evicted; `None` if citadel never attested it.
-    fn evict(&self, name: &str, now: SystemTime) -> Result<Option<NodeRecord>, StoreError>;
+    /// Marks a node evicted and voids its unused join tokens; `None` if there is no record
+    /// (with `tombstone`, an evicted record is created instead).
+    fn evict(
+        &self,
+        name: &str,
+        now: SystemTime,
+        tombstone: bool,
+    ) -> Result<Option<NodeRecord>, StoreError>;
+    /// A random identity of this store's history, fixed at creation: entry revisions are
+    /// comparable only within one history.
+    fn history_id(&self) -> Result<String, StoreError>;
     /// SVIDs issued before this instant may belong to nodes attested before the store kept
     /// node records (migrated from `registry.json`); `None` for a store that always had them.
     fn legacy_cutoff(&self) -> Result<Option<SystemTime>, StoreError>;

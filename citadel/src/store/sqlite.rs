@@ -27,7 +27,6 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (spiffe_id, node, selectors)
      );
      CREATE INDEX entries_by_node ON entries (node, spiffe_id);
-     CREATE INDEX entries_by_id ON entries (spiffe_id);
      CREATE TABLE entry_changes (
         revision INTEGER PRIMARY KEY AUTOINCREMENT,
         node TEXT NOT NULL,
@@ -50,7 +49,8 @@ const MIGRATIONS: &[&str] = &[
         agent_version TEXT NOT NULL,
         evicted_at INTEGER
      );
-     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     INSERT INTO meta (key, value) VALUES ('history_id', lower(hex(randomblob(16))));",
 ];
 
 /// How many entry changes are kept for resuming watchers; older ones mean a full resend.
@@ -189,6 +189,15 @@ impl SqliteStore {
     }
 }
 
+/// The revision of the newest entry change (kept by SQLite even when old rows are pruned).
+fn newest_revision(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row(
+        "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'entry_changes'), 0)",
+        [],
+        |r| r.get(0),
+    )
+}
+
 fn insert_entry(tx: &rusqlite::Transaction<'_>, e: &Entry) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO entries (id, spiffe_id, node, selectors, ttl_seconds, created_at)
@@ -247,6 +256,43 @@ fn parse_entry(
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_is_durable_before_it_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let (mode, sync): (String, i64) = store
+            .with(|c| {
+                Ok((
+                    c.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
+                    c.pragma_query_value(None, "synchronous", |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous=FULL");
+        assert_eq!(store.history_id().unwrap().len(), 32);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
+    }
+}
+
 fn node_row(r: &Row<'_>) -> rusqlite::Result<NodeRecord> {
     Ok(NodeRecord {
         name: r.get(0)?,
@@ -292,21 +338,13 @@ impl Store for SqliteStore {
                 Err(other) => return Err(self.err(other)),
             }
         }
-        let revision: i64 = tx
-            .query_row(
-                "SELECT COALESCE(MAX(revision), 0) FROM entry_changes",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
+        let revision = newest_revision(&tx).map_err(|e| self.err(e))?;
         // Bounded history: watchers further behind than this get the full list.
-        if revision % 1000 < entries.len() as i64 {
-            tx.execute(
-                "DELETE FROM entry_changes WHERE revision <= ?1",
-                [revision - CHANGE_HISTORY],
-            )
-            .map_err(|e| self.err(e))?;
-        }
+        tx.execute(
+            "DELETE FROM entry_changes WHERE revision <= ?1",
+            [revision - CHANGE_HISTORY],
+        )
+        .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(revision as u64)
     }
@@ -372,14 +410,7 @@ impl Store for SqliteStore {
     }
 
     fn revision(&self) -> Result<u64, StoreError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'entry_changes'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-        })
-        .map(|r| r as u64)
+        self.with(|c| newest_revision(c)).map(|r| r as u64)
     }
 
     fn node_changes(
@@ -390,14 +421,10 @@ impl Store for SqliteStore {
         let mut conn = self.conn.lock().expect("store lock poisoned");
         // One read transaction, so the revision matches the changes read.
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let (oldest, newest): (Option<i64>, i64) = tx
-            .query_row(
-                "SELECT (SELECT MIN(revision) FROM entry_changes),
-                        COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'entry_changes'), 0)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+        let oldest: Option<i64> = tx
+            .query_row("SELECT MIN(revision) FROM entry_changes", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
+        let newest = newest_revision(&tx).map_err(|e| self.err(e))?;
         let since = since as i64;
         let covered = since <= newest && oldest.is_none_or(|o| since >= o - 1);
         if !covered {
@@ -548,16 +575,18 @@ impl Store for SqliteStore {
             }
             let updated = tx.execute(
                 "UPDATE nodes SET serial = ?1, previous_serial = ?2, expires_at = ?3,
-                   renewed_at = ?4, agent_version = ?5
+                   renewed_at = CASE WHEN serial = ?2 THEN ?4 ELSE renewed_at END,
+                   agent_version = ?5
                  WHERE name = ?6 AND evicted_at IS NULL
-                   AND (serial = ?2 OR previous_serial = ?2)",
+                   AND (serial = ?2 OR (previous_serial = ?2 AND renewed_at > ?4 - ?7))",
                 params![
                     next.serial,
                     presented,
                     unix(next.expires_at),
                     unix(now),
                     next.agent_version,
-                    name
+                    name,
+                    NodeRecord::GRACE.as_secs() as i64
                 ],
             )?;
             tx.commit()?;
@@ -565,11 +594,30 @@ impl Store for SqliteStore {
         })
     }
 
-    fn evict(&self, name: &str, now: SystemTime) -> Result<Option<NodeRecord>, StoreError> {
+    fn evict(
+        &self,
+        name: &str,
+        now: SystemTime,
+        tombstone: bool,
+    ) -> Result<Option<NodeRecord>, StoreError> {
         self.with(|c| {
             let tx = c.transaction()?;
+            if tombstone {
+                tx.execute(
+                    "INSERT OR IGNORE INTO nodes
+                       (name, serial, previous_serial, expires_at, attested_at, renewed_at,
+                        agent_version, evicted_at)
+                     VALUES (?1, '', NULL, 0, 0, 0, '', ?2)",
+                    params![name, unix(now)],
+                )?;
+            }
             tx.execute(
                 "UPDATE nodes SET evicted_at = COALESCE(evicted_at, ?1) WHERE name = ?2",
+                params![unix(now), name],
+            )?;
+            tx.execute(
+                "UPDATE tokens SET expires_at = MIN(expires_at, ?1)
+                 WHERE node = ?2 AND used_at IS NULL",
                 params![unix(now), name],
             )?;
             let record = tx
@@ -582,6 +630,11 @@ impl Store for SqliteStore {
             tx.commit()?;
             Ok(record)
         })
+    }
+
+    fn history_id(&self) -> Result<String, StoreError> {
+        self.meta("history_id")?
+            .ok_or_else(|| StoreError::Corrupt("meta has no history_id".into()))
     }
 
     fn legacy_cutoff(&self) -> Result<Option<SystemTime>, StoreError> {
