@@ -4,7 +4,8 @@
 //! "SVID issued" log event, µs timestamps) to each stream receiving the new certificate.
 //!
 //! Run: `bench/agent.sh` (or `cargo bench -p node-agent --bench agent_sds`). Environment:
-//! `IDENTITIES` (1000), `STREAMS` (100), `BENCH_SECONDS` measured (130), `TTL` seconds (120).
+//! `IDENTITIES` (1000), `STREAMS` (100), `BENCH_SECONDS` measured (130), `TTL` seconds (120),
+//! `AGENT_WRAPPER` (a profiler command to run the agent under).
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -192,7 +193,19 @@ async fn main() {
 
     let socket = dir.path().join("agent.sock");
     let log_path = dir.path().join("agent.log");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_node-agent"))
+    // AGENT_WRAPPER runs the agent under a profiler, e.g. `heaptrack -o /tmp/agent`.
+    let wrapper: Vec<String> = std::env::var("AGENT_WRAPPER")
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_node-agent"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_node-agent")),
+    };
+    let mut agent = command
         .args([
             "run",
             "--server",
@@ -246,13 +259,23 @@ async fn main() {
                 .await
                 .unwrap()
                 .into_inner();
+            // Only resources whose bytes changed are parsed: the benchmark must not be the
+            // bottleneck it measures.
+            let mut last: HashMap<String, u64> = HashMap::new();
             while let Some(Ok(resp)) = responses.next().await {
                 let now = unix_f64(SystemTime::now());
                 let seen: Vec<_> = resp
                     .resources
                     .iter()
                     .filter_map(|any| {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        any.value.hash(&mut h);
+                        let digest = h.finish();
                         let secret = Secret::decode(any.value.as_slice()).ok()?;
+                        if last.insert(secret.name.clone(), digest) == Some(digest) {
+                            return None;
+                        }
                         Some((secret.name.clone(), serial_of(&secret)?))
                     })
                     .collect();

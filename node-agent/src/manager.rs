@@ -46,7 +46,13 @@ pub struct Manager {
     metrics: Arc<Metrics>,
     bundles: Arc<SharedBundles>,
     tasks: Mutex<HashMap<SpiffeId, JoinHandle<()>>>,
+    /// Bounds the mints in flight: at start every identity is due at once, and each call holds
+    /// its request buffers (about 11 KB) until citadel answers.
+    mints: tokio::sync::Semaphore,
 }
+
+/// Mints in flight towards citadel at once.
+pub const MAX_CONCURRENT_MINTS: usize = 16;
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,6 +100,7 @@ impl Manager {
             metrics,
             bundles,
             tasks: Mutex::new(HashMap::new()),
+            mints: tokio::sync::Semaphore::new(MAX_CONCURRENT_MINTS),
         })
     }
 
@@ -168,6 +175,7 @@ impl Manager {
     }
 
     async fn mint(&self, id: &SpiffeId) -> Result<X509Svid, String> {
+        let _permit = self.mints.acquire().await.map_err(|e| e.to_string())?;
         let key = PrivateKey::generate(self.key_algorithm).map_err(|e| e.to_string())?;
         let csr = build_csr(&key, id).map_err(|e| e.to_string())?;
         let chain = self
@@ -187,7 +195,9 @@ impl Manager {
     async fn identity_loop(self: Arc<Self>, id: SpiffeId, slot: Arc<SvidSlot>) {
         let mut backoff = Backoff::new(self.backoff.base, self.backoff.cap);
         loop {
-            match self.mint(&id).await {
+            // Boxed: while the task sleeps until the next rotation it holds a pointer, not the
+            // whole state of a gRPC call.
+            match Box::pin(self.mint(&id)).await {
                 Ok(svid) => {
                     backoff.reset();
                     self.metrics.rotations.inc();

@@ -26,13 +26,15 @@ impl Entry {
     }
 }
 
-/// A workload SVID with its PEM encodings precomputed, since every SDS push reuses them, and
-/// the SDS secret named by its SPIFFE ID built once for all streams. `Debug` shows the identity
-/// and serial, never the key.
+/// A workload SVID with its encodings precomputed, since every push reuses them, and the SDS
+/// secret named by its SPIFFE ID built once for all streams. The key is kept only encoded (the
+/// agent never signs with it). `Debug` shows the identity and serial, never the key.
 pub struct WorkloadSvid {
+    /// The certificate chain, without its key.
     pub svid: X509Svid,
     pub chain_pem: String,
     pub key_pem: String,
+    key_der: Vec<u8>,
     /// The `Secret` named by the SPIFFE ID, shared by every stream that asks for it.
     pub shared: OnceLock<sds::NamedResource>,
 }
@@ -47,14 +49,19 @@ impl std::fmt::Debug for WorkloadSvid {
 }
 
 impl WorkloadSvid {
-    pub fn new(svid: X509Svid) -> Option<Self> {
-        let key: &PrivateKey = svid.key()?;
-        let key_pem = key.to_pem();
-        let chain_pem = svid.chain_pem();
+    pub fn new(mut svid: X509Svid) -> Option<Self> {
+        let key: PrivateKey = svid.take_key()?;
+        // Held for the SVID's whole life: no spare capacity from building them.
+        let mut key_pem = key.to_pem();
+        key_pem.shrink_to_fit();
+        let key_der = key.to_der();
+        let mut chain_pem = svid.chain_pem();
+        chain_pem.shrink_to_fit();
         Some(Self {
             svid,
             chain_pem,
             key_pem,
+            key_der,
             shared: OnceLock::new(),
         })
     }
@@ -70,7 +77,7 @@ impl WorkloadSvid {
 
     /// The private key as PKCS#8 DER.
     pub fn key_der(&self) -> Vec<u8> {
-        self.svid.key().map(PrivateKey::to_der).unwrap_or_default()
+        self.key_der.clone()
     }
 
     pub fn id(&self) -> &SpiffeId {

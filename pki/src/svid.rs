@@ -143,6 +143,12 @@ impl X509Svid {
         self.key.as_ref()
     }
 
+    /// Takes the private key out, leaving the certificate chain (e.g. once the key has been
+    /// encoded for serving and the key object itself is no longer needed).
+    pub fn take_key(&mut self) -> Option<PrivateKey> {
+        self.key.take()
+    }
+
     pub fn serial(&self) -> &str {
         &self.leaf.serial
     }

@@ -143,6 +143,11 @@ impl SotwStream {
 
     /// The response to send for `current`, or `None` when the client already has exactly this.
     /// Call after a `Step::Respond`, and whenever the server's resources change.
+    ///
+    /// For the types the spec makes state-of-the-world complete (Listener and Cluster) every
+    /// response carries every wanted resource, since a missing one means deleted. For the other
+    /// types (routes, endpoints, secrets, ...) absence means nothing, so a response carries only
+    /// what the client does not have yet: a rotation on a stream of 100 secrets sends one.
     pub fn next_response(
         &mut self,
         current: &Resources,
@@ -154,15 +159,32 @@ impl SotwStream {
             .filter(|r| self.subscription.wants(&r.name))
             .map(|r| (r.name.clone(), r.version.clone()))
             .collect();
-        if self.sent.as_ref() == Some(&wanted) {
-            return None;
-        }
+        let send: Vec<&String> = if is_full_state_type(&type_url) {
+            if self.sent.as_ref() == Some(&wanted) {
+                return None;
+            }
+            wanted.keys().collect()
+        } else {
+            let sent = self.sent.as_ref();
+            let new: Vec<&String> = wanted
+                .iter()
+                .filter(|(name, version)| sent.and_then(|s| s.get(*name)) != Some(*version))
+                .map(|(name, _)| name)
+                .collect();
+            // The first response is due even when nothing exists yet (an empty answer).
+            if new.is_empty() && self.sent.is_some() {
+                self.sent = Some(wanted);
+                return None;
+            }
+            new
+        };
         let version = versions.next();
         let nonce = versions.next();
-        let resources = wanted
-            .keys()
-            .map(|n| current[n].body.as_ref().clone())
+        let resources = send
+            .iter()
+            .map(|n| current[n.as_str()].body.as_ref().clone())
             .collect();
+        // What the client holds now: every wanted resource (it keeps the ones not re-sent).
         self.sent = Some(wanted);
         self.sent_version = Some(version.clone());
         self.last_nonce = Some(nonce.clone());
@@ -174,6 +196,15 @@ impl SotwStream {
             ..Default::default()
         })
     }
+}
+
+/// Whether a state-of-the-world response of this type must list every resource (absence means
+/// deletion): Listener and Cluster, as the xDS protocol defines.
+pub fn is_full_state_type(type_url: &str) -> bool {
+    matches!(
+        type_url.rsplit('/').next(),
+        Some("envoy.config.listener.v3.Listener" | "envoy.config.cluster.v3.Cluster")
+    )
 }
 
 #[cfg(test)]
@@ -209,9 +240,15 @@ mod tests {
             .collect()
     }
 
+    const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+
     fn req(names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        req_of(T, names, version, nonce)
+    }
+
+    fn req_of(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
         DiscoveryRequest {
-            type_url: T.into(),
+            type_url: type_url.into(),
             resource_names: names.iter().map(|s| s.to_string()).collect(),
             version_info: version.into(),
             response_nonce: nonce.into(),
@@ -286,16 +323,57 @@ mod tests {
     #[test]
     fn newly_named_resources_are_sent_even_if_unchanged() {
         let v = VersionSource::new(b"t");
+        // Secrets: only the new one; listeners: every wanted one (absence means deleted).
+        for (type_url, expected) in [(T, 1), (LISTENER, 2)] {
+            let mut s = SotwStream::new();
+            let current = res(&[("a", "1"), ("b", "1")]);
+            s.handle_request(&req_of(type_url, &["a"], "", "")).unwrap();
+            let r = s.next_response(&current, &v).unwrap();
+            assert_eq!(
+                s.handle_request(&req_of(type_url, &["a", "b"], &r.version_info, &r.nonce))
+                    .unwrap(),
+                Step::Respond
+            );
+            let names: Vec<_> = s
+                .next_response(&current, &v)
+                .unwrap()
+                .resources
+                .iter()
+                .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+                .collect();
+            assert_eq!(names.len(), expected, "{type_url}: {names:?}");
+            assert!(names.contains(&"b:1".to_string()));
+        }
+    }
+
+    #[test]
+    fn a_partial_type_sends_only_what_changed() {
+        let v = VersionSource::new(b"t");
         let mut s = SotwStream::new();
-        let current = res(&[("a", "1"), ("b", "1")]);
-        s.handle_request(&req(&["a"], "", "")).unwrap();
-        let r = s.next_response(&current, &v).unwrap();
-        assert_eq!(
-            s.handle_request(&req(&["a", "b"], &r.version_info, &r.nonce))
-                .unwrap(),
-            Step::Respond
+        s.handle_request(&req(&["a", "b", "c"], "", "")).unwrap();
+        let first = s
+            .next_response(&res(&[("a", "1"), ("b", "1"), ("c", "1")]), &v)
+            .unwrap();
+        assert_eq!(first.resources.len(), 3);
+        let rotated = s
+            .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), &v)
+            .unwrap();
+        assert_eq!(rotated.resources.len(), 1);
+        assert_eq!(rotated.resources[0].value, b"b:2");
+        assert!(
+            s.next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), &v)
+                .is_none()
         );
-        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 2);
+        // A resource that went away and came back unchanged is sent again.
+        assert!(
+            s.next_response(&res(&[("a", "1"), ("b", "2")]), &v)
+                .is_none()
+        );
+        let back = s
+            .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), &v)
+            .unwrap();
+        assert_eq!(back.resources.len(), 1);
+        assert_eq!(back.resources[0].value, b"c:1");
     }
 
     #[test]
@@ -303,16 +381,16 @@ mod tests {
         let v = VersionSource::new(b"t");
         let mut s = SotwStream::new();
         let current = res(&[("a", "1"), ("b", "1")]);
-        s.handle_request(&req(&[], "", "")).unwrap();
+        s.handle_request(&req_of(LISTENER, &[], "", "")).unwrap();
         assert!(s.subscription().is_wildcard());
         let r = s.next_response(&current, &v).unwrap();
         assert_eq!(r.resources.len(), 2);
-        s.handle_request(&req(&["a"], &r.version_info, &r.nonce))
+        s.handle_request(&req_of(LISTENER, &["a"], &r.version_info, &r.nonce))
             .unwrap();
         let r = s.next_response(&current, &v).unwrap();
         assert_eq!(r.resources.len(), 1);
         // Once named, an empty list unsubscribes from everything.
-        s.handle_request(&req(&[], &r.version_info, &r.nonce))
+        s.handle_request(&req_of(LISTENER, &[], &r.version_info, &r.nonce))
             .unwrap();
         assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 0);
         assert!(!s.subscription().is_wildcard());
