@@ -639,8 +639,7 @@ mod tests {
         let before = r.revision().unwrap();
         r.delete_entry(&e.id).unwrap();
         assert_eq!(
-            r.node_update("n1", before, &r.history_id().to_string())
-                .unwrap(),
+            r.node_update("n1", before, r.history_id()).unwrap(),
             NodeUpdate::Changes {
                 changes: vec![EntryChange::Removed(e.id.clone())],
                 revision: before + 1

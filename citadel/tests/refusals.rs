@@ -175,11 +175,12 @@ async fn a_client_certificate_from_another_ca_is_rejected_at_the_handshake() {
         .unwrap_err();
     // The server's verifier rejects the chain during the handshake: the client sees the
     // UnknownCA alert, or (TLS 1.3 sends the client's certificate after its Finished) just the
-    // connection closing, depending on timing.
+    // connection closing or a write into it failing, depending on timing.
     let text = format!("{err:?}");
     assert!(
         text.contains("UnknownCA")
             || text.contains("connection closed")
+            || text.contains("broken pipe")
             || text.contains("Connection reset"),
         "{text}"
     );

@@ -256,43 +256,6 @@ fn parse_entry(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_change_is_durable_before_it_is_acknowledged() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        let (mode, sync): (String, i64) = store
-            .with(|c| {
-                Ok((
-                    c.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
-                    c.pragma_query_value(None, "synchronous", |r| r.get(0))?,
-                ))
-            })
-            .unwrap();
-        assert_eq!(mode, "wal");
-        assert_eq!(sync, 2, "synchronous=FULL");
-        assert_eq!(store.history_id().unwrap().len(), 32);
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        drop(SqliteStore::open(&path).unwrap());
-        let conn = Connection::open(&path).unwrap();
-        conn.pragma_update(None, "user_version", 99).unwrap();
-        drop(conn);
-        let err = SqliteStore::open(&path).unwrap_err();
-        assert!(
-            matches!(err, StoreError::NewerSchema { found: 99, .. }),
-            "{err}"
-        );
-    }
-}
-
 fn node_row(r: &Row<'_>) -> rusqlite::Result<NodeRecord> {
     Ok(NodeRecord {
         name: r.get(0)?,
@@ -642,5 +605,42 @@ impl Store for SqliteStore {
             .meta("legacy_cutoff")?
             .and_then(|v| v.parse::<i64>().ok())
             .map(time))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_is_durable_before_it_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let (mode, sync): (String, i64) = store
+            .with(|c| {
+                Ok((
+                    c.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
+                    c.pragma_query_value(None, "synchronous", |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(sync, 2, "synchronous=FULL");
+        assert_eq!(store.history_id().unwrap().len(), 32);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 99, .. }),
+            "{err}"
+        );
     }
 }
