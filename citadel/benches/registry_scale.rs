@@ -41,6 +41,15 @@ fn rss_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
+/// The process's user + system CPU seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -143,6 +152,7 @@ async fn main() {
             created += n;
         }
         let mut lat = Vec::with_capacity(sample);
+        let cpu0 = cpu_seconds(pid);
         while created < checkpoint {
             let req = spec(created, nodes);
             let t = Instant::now();
@@ -150,12 +160,14 @@ async fn main() {
             lat.push(t.elapsed());
             created += 1;
         }
+        let cpu_per_create = (cpu_seconds(pid) - cpu0) / lat.len() as f64;
         lat.sort();
         println!(
-            "create at {checkpoint:>6} entries: p50 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms   citadel rss {:.1} MB",
+            "create at {checkpoint:>6} entries: p50 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms   citadel CPU {:>6.1} µs/create   rss {:.1} MB",
             percentile(&lat, 0.5).as_secs_f64() * 1e3,
             percentile(&lat, 0.99).as_secs_f64() * 1e3,
             lat.last().unwrap().as_secs_f64() * 1e3,
+            cpu_per_create * 1e6,
             rss_mb(pid)
         );
     }
