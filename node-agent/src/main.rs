@@ -5,6 +5,11 @@ use clap::{Parser, Subcommand};
 use node_agent::clock::TokioClock;
 use node_agent::config::{AgentConfig, RunArgs};
 
+// jemalloc: rotation churn (every SVID replaced at half-life) fragments glibc's heap; measured
+// in docs/BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "node-agent",
