@@ -110,8 +110,6 @@ fn token_hash(token: &str) -> String {
     hex::encode(digest.as_ref())
 }
 
-pub use citadel_api::join_token_node as token_node;
-
 impl Registry {
     /// Opens the SQL store in `DATA_DIR/state/citadel.db`, importing a `registry.json` left by
     /// an older citadel first.
@@ -542,7 +540,7 @@ mod tests {
         let (token, _) = r
             .create_token("node-1", Duration::from_secs(600), t0, &pki::SystemRandom)
             .unwrap();
-        assert_eq!(token_node(&token), Some("node-1"));
+        assert_eq!(citadel_api::join_token_node(&token), Some("node-1"));
         assert_eq!(r.check_token(&token, t0).unwrap(), "node-1");
         r.spend_token(&token, "node-1", &svid("01"), t0).unwrap();
         assert_eq!(
