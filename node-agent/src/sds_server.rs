@@ -68,18 +68,42 @@ enum Event<T> {
     StateChanged,
 }
 
+/// The client's half of a stream. A half-close ends requests, not the subscription: gRPC lets the
+/// server keep pushing, so a client that sends one request and closes still gets its answer.
+struct Inbound<T> {
+    stream: Streaming<T>,
+    half_closed: bool,
+}
+
+impl<T> Inbound<T> {
+    fn new(stream: Streaming<T>) -> Self {
+        Self {
+            stream,
+            half_closed: false,
+        }
+    }
+}
+
 /// Waits for the next event; `None` when the client went away or the agent is stopping.
-async fn next_event<T>(
-    inbound: &mut Streaming<T>,
+async fn next_event<T, R>(
+    inbound: &mut Inbound<T>,
+    tx: &mpsc::Sender<R>,
     state: &mut tokio::sync::watch::Receiver<Arc<crate::state::AgentState>>,
     slots: &mut SlotWatch,
     stopping: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Event<T>> {
-    tokio::select! {
-        msg = inbound.message() => msg.ok().flatten().map(Event::Request),
-        changed = state.changed() => changed.ok().map(|()| Event::StateChanged),
-        () = slots.changed() => Some(Event::StateChanged),
-        _ = stopping.wait_for(|s| *s) => None,
+    loop {
+        tokio::select! {
+            msg = inbound.stream.message(), if !inbound.half_closed => match msg {
+                Ok(Some(req)) => return Some(Event::Request(req)),
+                Ok(None) => inbound.half_closed = true,
+                Err(_) => return None,
+            },
+            () = tx.closed() => return None,
+            changed = state.changed() => return changed.ok().map(|()| Event::StateChanged),
+            () = slots.changed() => return Some(Event::StateChanged),
+            _ = stopping.wait_for(|s| *s) => return None,
+        }
     }
 }
 
@@ -87,7 +111,7 @@ impl SdsServer {
     async fn run_sotw(
         self,
         workload: Workload,
-        mut inbound: Streaming<DiscoveryRequest>,
+        inbound: Streaming<DiscoveryRequest>,
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) {
         let _guard = StreamGuard::new(&self.metrics.sds_streams);
@@ -96,9 +120,10 @@ impl SdsServer {
         let mut stream = SotwStream::new();
         let mut view = SecretView::new(workload.selectors.clone());
         let mut slots = SlotWatch::default();
+        let mut inbound = Inbound::new(inbound);
         loop {
             let Some(event) =
-                next_event(&mut inbound, &mut state_rx, &mut slots, &mut stopping).await
+                next_event(&mut inbound, &tx, &mut state_rx, &mut slots, &mut stopping).await
             else {
                 return;
             };
@@ -164,7 +189,7 @@ impl SdsServer {
     async fn run_delta(
         self,
         workload: Workload,
-        mut inbound: Streaming<DeltaDiscoveryRequest>,
+        inbound: Streaming<DeltaDiscoveryRequest>,
         tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) {
         let _guard = StreamGuard::new(&self.metrics.sds_streams);
@@ -173,9 +198,10 @@ impl SdsServer {
         let mut stream = DeltaStream::new();
         let mut view = SecretView::new(workload.selectors.clone());
         let mut slots = SlotWatch::default();
+        let mut inbound = Inbound::new(inbound);
         loop {
             let Some(event) =
-                next_event(&mut inbound, &mut state_rx, &mut slots, &mut stopping).await
+                next_event(&mut inbound, &tx, &mut state_rx, &mut slots, &mut stopping).await
             else {
                 return;
             };
