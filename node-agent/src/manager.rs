@@ -17,7 +17,7 @@ use crate::clock::sleep_until;
 use crate::metrics::Metrics;
 use crate::node::NodeStore;
 use crate::rotation::{Backoff, rotate_at, unit};
-use crate::state::{AgentState, Entry, SvidSlot, WorkloadSvid};
+use crate::state::{AgentState, Entry, IssuerChains, SvidSlot, WorkloadSvid};
 
 /// Backoff bounds for calls to citadel.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +49,7 @@ pub struct Manager {
     /// Bounds the mints in flight: at start every identity is due at once, and each call holds
     /// its request buffers (about 11 KB) until citadel answers.
     mints: tokio::sync::Semaphore,
+    issuers: IssuerChains,
 }
 
 /// Mints in flight towards citadel at once.
@@ -101,6 +102,7 @@ impl Manager {
             bundles,
             tasks: Mutex::new(HashMap::new()),
             mints: tokio::sync::Semaphore::new(MAX_CONCURRENT_MINTS),
+            issuers: IssuerChains::default(),
         })
     }
 
@@ -137,7 +139,7 @@ impl Manager {
 
     /// A new entry list from citadel: starts tasks (and slots) for new identities, stops those
     /// no entry names any more (their SVIDs are withdrawn at once).
-    pub fn set_entries(self: &Arc<Self>, entries: Vec<Entry>) {
+    pub fn set_entries(self: &Arc<Self>, entries: Vec<Arc<Entry>>) {
         let current = self.snapshot();
         let mut slots: HashMap<SpiffeId, Arc<SvidSlot>> = HashMap::with_capacity(entries.len());
         for e in &entries {
@@ -204,7 +206,7 @@ impl Manager {
                     let obtained = self.clock.now().max(svid.leaf().not_before);
                     let at = rotate_at(obtained, svid.not_after(), unit(self.rng.as_ref()));
                     tracing::debug!(%id, serial = svid.serial(), "SVID issued");
-                    if let Some(w) = WorkloadSvid::new(svid) {
+                    if let Some(w) = WorkloadSvid::new(svid, &self.issuers) {
                         // Wakes only the streams that watch this identity.
                         slot.send_replace(Some(Arc::new(w)));
                     }

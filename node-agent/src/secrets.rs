@@ -54,8 +54,8 @@ fn named(name: &str, version: String, secret: secret::Type) -> NamedResource {
 
 fn tls_certificate(w: &WorkloadSvid) -> secret::Type {
     secret::Type::TlsCertificate(TlsCertificate {
-        certificate_chain: inline(w.chain_pem.clone()),
-        private_key: inline(w.key_pem.clone()),
+        certificate_chain: inline(w.chain_pem()),
+        private_key: inline(w.key_pem()),
         ..Default::default()
     })
 }
@@ -118,7 +118,7 @@ pub enum Visible {
 pub struct SecretView {
     selectors: Vec<Selector>,
     spiffe_validation: bool,
-    entries: Option<Arc<Vec<Entry>>>,
+    entries: Option<Arc<Vec<Arc<Entry>>>>,
     first: Option<SpiffeId>,
     /// Requested name → the identity it names, if the workload is entitled to it.
     names: HashMap<String, Option<SpiffeId>>,
@@ -193,7 +193,7 @@ impl SecretView {
         w: &WorkloadSvid,
         versions: &VersionSource,
     ) {
-        let version = versions.of_content(w.svid.serial().as_bytes());
+        let version = versions.of_content(w.serial().as_bytes());
         let resource = if name == w.id().to_string() {
             // Named by its SPIFFE ID, the secret is the same for every stream: built once.
             w.shared

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use citadel_api::Selector;
 use pki::identity::SpiffeId;
 use pki::{PrivateKey, TrustBundle, X509Svid};
+use rustls_pki_types::CertificateDer;
 
 /// A registration entry as the agent sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,15 +27,18 @@ impl Entry {
     }
 }
 
-/// A workload SVID with its encodings precomputed, since every push reuses them, and the SDS
-/// secret named by its SPIFFE ID built once for all streams. The key is kept only encoded (the
-/// agent never signs with it). `Debug` shows the identity and serial, never the key.
+/// A workload SVID as the agent serves it, and the SDS secret named by its SPIFFE ID, built once
+/// for all streams. Only what serving needs is kept: the leaf, the issuing chain (shared by every
+/// SVID of one issuer), serial, expiry and the key as PKCS#8 DER (the agent never signs with it).
+/// PEM is built when a secret is: at 10,000 identities every copy kept per SVID costs megabytes.
+/// `Debug` shows the identity and serial, never the key.
 pub struct WorkloadSvid {
-    /// The certificate chain, without its key.
-    pub svid: X509Svid,
-    pub chain_pem: String,
-    pub key_pem: String,
-    key_der: Vec<u8>,
+    id: SpiffeId,
+    leaf: CertificateDer<'static>,
+    issuers: Arc<[CertificateDer<'static>]>,
+    serial: Box<str>,
+    not_after: SystemTime,
+    key_der: Box<[u8]>,
     /// The `Secret` named by the SPIFFE ID, shared by every stream that asks for it.
     pub shared: OnceLock<sds::NamedResource>,
 }
@@ -42,50 +46,87 @@ pub struct WorkloadSvid {
 impl std::fmt::Debug for WorkloadSvid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkloadSvid")
-            .field("spiffe_id", &self.svid.spiffe_id().to_string())
-            .field("serial", &self.svid.serial())
+            .field("spiffe_id", &self.id.to_string())
+            .field("serial", &self.serial)
             .finish_non_exhaustive()
     }
 }
 
 impl WorkloadSvid {
-    pub fn new(mut svid: X509Svid) -> Option<Self> {
+    /// Keeps what serving needs of `svid`; `None` without a key. The issuing chain comes from
+    /// `issuers`, so SVIDs of one intermediate hold it once.
+    pub fn new(mut svid: X509Svid, issuers: &IssuerChains) -> Option<Self> {
         let key: PrivateKey = svid.take_key()?;
-        // Held for the SVID's whole life: no spare capacity from building them.
-        let mut key_pem = key.to_pem();
-        key_pem.shrink_to_fit();
-        let key_der = key.to_der();
-        let mut chain_pem = svid.chain_pem();
-        chain_pem.shrink_to_fit();
+        let (leaf, rest) = svid.chain().split_first()?;
         Some(Self {
-            svid,
-            chain_pem,
-            key_pem,
-            key_der,
+            id: svid.spiffe_id().clone(),
+            leaf: leaf.clone(),
+            issuers: issuers.intern(rest),
+            serial: svid.serial().into(),
+            not_after: svid.not_after(),
+            key_der: key.to_der().into_boxed_slice(),
             shared: OnceLock::new(),
         })
     }
 
-    /// The chain as concatenated DER (the Workload API's form).
+    fn chain(&self) -> impl Iterator<Item = &CertificateDer<'static>> {
+        std::iter::once(&self.leaf).chain(self.issuers.iter())
+    }
+
+    /// The chain as concatenated DER, leaf first (the Workload API's form).
     pub fn chain_der(&self) -> Vec<u8> {
-        self.svid
-            .chain()
-            .iter()
-            .flat_map(|c| c.iter().copied())
-            .collect()
+        self.chain().flat_map(|c| c.iter().copied()).collect()
+    }
+
+    /// The chain as PEM, leaf first (Envoy's `certificate_chain`).
+    pub fn chain_pem(&self) -> String {
+        pki::pem::encode_certificates(self.chain())
+    }
+
+    /// The private key as PKCS#8 PEM (Envoy's `private_key`).
+    pub fn key_pem(&self) -> String {
+        pki::pem::encode_private_key(&self.key_der)
     }
 
     /// The private key as PKCS#8 DER.
     pub fn key_der(&self) -> Vec<u8> {
-        self.key_der.clone()
+        self.key_der.to_vec()
     }
 
     pub fn id(&self) -> &SpiffeId {
-        self.svid.spiffe_id()
+        &self.id
+    }
+
+    pub fn serial(&self) -> &str {
+        &self.serial
     }
 
     pub fn not_after(&self) -> SystemTime {
-        self.svid.not_after()
+        self.not_after
+    }
+}
+
+/// The issuing chains of recent SVIDs, so that SVIDs of one intermediate share one copy. Holds a
+/// few (two during a CA rotation); touched once per mint, never on a serving path.
+#[derive(Debug, Default)]
+pub struct IssuerChains {
+    recent: std::sync::Mutex<Vec<Arc<[CertificateDer<'static>]>>>,
+}
+
+const RECENT_ISSUER_CHAINS: usize = 4;
+
+impl IssuerChains {
+    pub fn intern(&self, chain: &[CertificateDer<'static>]) -> Arc<[CertificateDer<'static>]> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = recent.iter().find(|c| c.as_ref() == chain) {
+            return known.clone();
+        }
+        let fresh: Arc<[CertificateDer<'static>]> = chain.into();
+        if recent.len() == RECENT_ISSUER_CHAINS {
+            recent.remove(0);
+        }
+        recent.push(fresh.clone());
+        fresh
     }
 }
 
@@ -98,7 +139,7 @@ pub type SvidSlot = tokio::sync::watch::Sender<Option<Arc<WorkloadSvid>>>;
 pub struct AgentState {
     pub bundle: Arc<TrustBundle>,
     /// Set once the first entry list arrived from citadel.
-    pub entries: Option<Arc<Vec<Entry>>>,
+    pub entries: Option<Arc<Vec<Arc<Entry>>>>,
     /// One slot per identity the entries name.
     pub svids: Arc<HashMap<SpiffeId, Arc<SvidSlot>>>,
 }
@@ -232,13 +273,32 @@ pub enum WorkloadView {
 mod tests {
     use super::*;
 
-    fn entry(id: &str, sels: &[&str]) -> Entry {
-        Entry {
+    fn entry(id: &str, sels: &[&str]) -> Arc<Entry> {
+        Arc::new(Entry {
             id: id.into(),
             spiffe_id: pki::identity::parse_spiffe_id(id).unwrap(),
             selectors: sels.iter().map(|s| s.parse().unwrap()).collect(),
             ttl_seconds: 60,
+        })
+    }
+
+    #[test]
+    fn svids_of_one_issuer_share_its_chain() {
+        let chains = IssuerChains::default();
+        let a = vec![CertificateDer::from(vec![1u8, 2, 3])];
+        let b = vec![CertificateDer::from(vec![9u8])];
+        let first = chains.intern(&a);
+        assert!(Arc::ptr_eq(&first, &chains.intern(&a.clone())));
+        assert!(!Arc::ptr_eq(&first, &chains.intern(&b)));
+        for n in 0..RECENT_ISSUER_CHAINS as u8 {
+            chains.intern(&[CertificateDer::from(vec![n, n])]);
         }
+        let again = chains.intern(&a);
+        assert_eq!(
+            again.as_ref(),
+            a.as_slice(),
+            "an evicted chain is kept anew, not lost"
+        );
     }
 
     #[test]

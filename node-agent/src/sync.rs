@@ -42,7 +42,7 @@ fn entry_from(e: &ca::Entry) -> Option<Entry> {
 /// The node's entries as the agent holds them, kept current from full lists and deltas.
 #[derive(Debug, Default)]
 pub struct EntrySet {
-    by_id: HashMap<String, Entry>,
+    by_id: HashMap<String, Arc<Entry>>,
     revision: u64,
     history: String,
 }
@@ -63,7 +63,7 @@ impl EntrySet {
         }
         for e in &list.entries {
             match entry_from(e) {
-                Some(entry) => self.by_id.insert(entry.id.clone(), entry),
+                Some(entry) => self.by_id.insert(entry.id.clone(), Arc::new(entry)),
                 None => self.by_id.remove(&e.id),
             };
         }
@@ -79,8 +79,9 @@ impl EntrySet {
     }
 
     /// In a stable order (SPIFFE ID, then entry id): a workload's `default` is its first.
-    pub fn entries(&self) -> Vec<Entry> {
-        let mut v: Vec<Entry> = self.by_id.values().cloned().collect();
+    /// Shared with the agent state, so each entry is held once.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        let mut v: Vec<Arc<Entry>> = self.by_id.values().cloned().collect();
         v.sort_by(|a, b| (a.spiffe_id.to_string(), &a.id).cmp(&(b.spiffe_id.to_string(), &b.id)));
         v
     }
@@ -244,7 +245,7 @@ mod tests {
             removed_ids: vec!["1".into()],
             history_id: "h".into(),
         }));
-        let ids: Vec<_> = set.entries().into_iter().map(|e| e.id).collect();
+        let ids: Vec<_> = set.entries().into_iter().map(|e| e.id.clone()).collect();
         assert_eq!(ids, ["2", "3"]);
         assert_eq!(set.position().since_revision, 7);
         assert_eq!(set.position().history_id, "h");
@@ -264,7 +265,7 @@ mod tests {
             removed_ids: vec![],
             history_id: "other".into(),
         });
-        let ids: Vec<_> = set.entries().into_iter().map(|e| e.id).collect();
+        let ids: Vec<_> = set.entries().into_iter().map(|e| e.id.clone()).collect();
         assert_eq!(ids, ["9"], "a full list replaces everything");
     }
 }

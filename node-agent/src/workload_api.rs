@@ -84,7 +84,7 @@ fn x509_response(
         WorkloadView::Ready(s) => s,
     };
     let bundle = der_concat(state.bundle.x509_authorities());
-    let mut fp: Fingerprint = svids.iter().map(|s| s.svid.serial().to_string()).collect();
+    let mut fp: Fingerprint = svids.iter().map(|s| s.serial().to_string()).collect();
     fp.push(state.bundle.sequence().to_string());
     let svids = svids
         .iter()

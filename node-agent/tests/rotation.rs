@@ -110,9 +110,7 @@ fn web() -> SpiffeId {
 }
 
 fn current_serial(m: &Manager) -> Option<String> {
-    m.snapshot()
-        .svid(&web())
-        .map(|s| s.svid.serial().to_string())
+    m.snapshot().svid(&web()).map(|s| s.serial().to_string())
 }
 
 /// Waits for the first SVID of `web`: a rotation moves only its slot, not the snapshot.
@@ -135,12 +133,12 @@ async fn advance(d: Duration) {
 #[tokio::test(start_paused = true)]
 async fn rotates_at_half_life_keeps_the_last_svid_and_recovers_within_the_cap() {
     let (manager, ca, clock, metrics) = setup();
-    manager.set_entries(vec![Entry {
+    manager.set_entries(vec![Arc::new(Entry {
         id: "e1".into(),
         spiffe_id: web(),
         selectors: vec!["unix:uid:1".parse().unwrap()],
         ttl_seconds: 60,
-    }]);
+    })]);
     first_svid(&manager).await;
     let first = current_serial(&manager).unwrap();
     let issued = clock.now();
@@ -194,7 +192,7 @@ async fn removing_an_entry_withdraws_its_svid_at_once() {
         selectors: vec!["unix:uid:1".parse().unwrap()],
         ttl_seconds: 60,
     };
-    manager.set_entries(vec![entry]);
+    manager.set_entries(vec![Arc::new(entry)]);
     first_svid(&manager).await;
     manager.set_entries(vec![]);
     assert!(current_serial(&manager).is_none());
