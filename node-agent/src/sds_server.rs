@@ -10,7 +10,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
-use envoy_types::pb::google::protobuf::value::Kind;
 use futures::Stream;
 use prost::Name;
 use sds::{DeltaStream, Resources, SotwStream, Step, VersionSource};
@@ -24,7 +23,6 @@ use crate::metrics::{Metrics, StreamGuard};
 use crate::peer::{attest_caller, describe, still_same};
 use crate::secrets::{SecretView, Visible, Wanted};
 use crate::state::SlotWatch;
-use sds::sotw::Subscription;
 
 /// The SDS service.
 #[derive(Debug, Clone)]
@@ -39,16 +37,9 @@ pub struct SdsServer {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Envoy's node metadata switch to get `trusted_ca` instead of the SPIFFE validator (SPIRE's name).
+/// Whether this Envoy wants the SPIFFE validator (the default) rather than `trusted_ca`.
 fn spiffe_validation(node: &Node) -> bool {
-    let flag = node
-        .metadata
-        .as_ref()
-        .and_then(|m| m.fields.get("disable_spiffe_cert_validation"));
-    !matches!(
-        flag.and_then(|v| v.kind.as_ref()),
-        Some(Kind::BoolValue(true))
-    ) && !matches!(flag.and_then(|v| v.kind.as_ref()), Some(Kind::StringValue(s)) if s == "true")
+    sds::names::wants_spiffe_validator(node)
 }
 
 fn secret_type() -> String {
@@ -157,10 +148,8 @@ impl SdsServer {
                 continue;
             }
             let state = state_rx.borrow_and_update().clone();
-            let wanted = match stream.subscription() {
-                Subscription::Names(names) if !names.contains("*") => Wanted::Names(names),
-                _ => Wanted::All,
-            };
+            // Secrets have no wildcard: a stream gets the names it asks for.
+            let wanted = Wanted::Names(stream.subscription().names());
             match view.secrets(&state, &self.versions, wanted, &mut slots) {
                 Visible::Pending => continue,
                 Visible::NoIdentity => {
@@ -177,7 +166,7 @@ impl SdsServer {
                         return;
                     }
                     if let Some(resp) = stream.next_response(&resources, &self.versions)
-                        && tx.send(Ok(resp)).await.is_err()
+                        && tx.send(Ok(resp.into())).await.is_err()
                     {
                         return;
                     }
@@ -226,11 +215,7 @@ impl SdsServer {
                 continue;
             }
             let state = state_rx.borrow_and_update().clone();
-            let wanted = if stream.is_wildcard() {
-                Wanted::All
-            } else {
-                Wanted::Names(stream.subscribed())
-            };
+            let wanted = Wanted::Names(stream.subscribed());
             match view.secrets(&state, &self.versions, wanted, &mut slots) {
                 Visible::Pending => continue,
                 Visible::NoIdentity => {
@@ -240,7 +225,7 @@ impl SdsServer {
                 // Unknown names need no error here: delta reports them in removed_resources.
                 Visible::Ready { resources, .. } => {
                     if let Some(resp) = stream.next_response(&resources, &self.versions)
-                        && tx.send(Ok(resp)).await.is_err()
+                        && tx.send(Ok(resp.into())).await.is_err()
                     {
                         return;
                     }
@@ -310,11 +295,13 @@ impl SecretDiscoveryService for SdsServer {
         let body = req.into_inner();
         let spiffe = body.node.as_ref().is_none_or(spiffe_validation);
         let resources = self.ready_secrets(&workload, spiffe).await?;
-        let names: Vec<String> = if body.resource_names.is_empty() {
-            resources.keys().cloned().collect()
-        } else {
-            body.resource_names.clone()
-        };
+        // Secrets have no wildcard, in a fetch as on a stream.
+        if body.resource_names.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the secrets to fetch (secrets have no wildcard)",
+            ));
+        }
+        let names = body.resource_names.clone();
         let missing: Vec<&String> = names
             .iter()
             .filter(|n| !resources.contains_key(*n))
@@ -326,10 +313,7 @@ impl SecretDiscoveryService for SdsServer {
         }
         Ok(Response::new(DiscoveryResponse {
             version_info: self.versions.next(),
-            resources: names
-                .iter()
-                .map(|n| resources[n].body.as_ref().clone())
-                .collect(),
+            resources: names.iter().map(|n| resources[n].any()).collect(),
             type_url: secret_type(),
             nonce: self.versions.next(),
             ..Default::default()

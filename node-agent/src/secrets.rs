@@ -11,27 +11,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use citadel_api::Selector;
+use envoy_types::pb::envoy::config::core::v3::DataSource;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
-use envoy_types::pb::envoy::config::core::v3::{DataSource, TypedExtensionConfig};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, Secret, SpiffeCertValidatorConfig, TlsCertificate, secret,
-    spiffe_cert_validator_config,
+    Secret, TlsCertificate, secret,
 };
 use envoy_types::util::pack_any;
 use pki::TrustBundle;
 use pki::identity::SpiffeId;
+use sds::names::{BundlePem, validation_context};
 use sds::{NamedResource, Resources, VersionSource};
 
 use crate::state::{AgentState, Entry, SlotWatch, WorkloadSvid};
 
-/// Istio's and SPIRE's name for the caller's own certificate.
-pub const DEFAULT: &str = "default";
-/// The caller's own trust domain bundle.
-pub const ROOTCA: &str = "ROOTCA";
-/// Every bundle the agent knows (own trust domain; federated ones when federation exists).
-pub const ALL: &str = "ALL";
-/// The validator extension Envoy offers for SPIFFE peers.
-pub const SPIFFE_VALIDATOR: &str = "envoy.tls.cert_validator.spiffe";
+pub use sds::names::{ALL, DEFAULT, ROOTCA, SPIFFE_VALIDATOR};
 
 fn inline(bytes: impl Into<Vec<u8>>) -> Option<DataSource> {
     Some(DataSource {
@@ -45,11 +38,7 @@ fn named(name: &str, version: String, secret: secret::Type) -> NamedResource {
         name: name.to_string(),
         r#type: Some(secret),
     });
-    NamedResource {
-        name: name.to_string(),
-        version,
-        body: Arc::new(body),
-    }
+    NamedResource::new(name, version, &body)
 }
 
 fn tls_certificate(w: &WorkloadSvid) -> secret::Type {
@@ -61,34 +50,20 @@ fn tls_certificate(w: &WorkloadSvid) -> secret::Type {
 }
 
 fn validation(bundles: &[&TrustBundle], spiffe: bool) -> secret::Type {
-    let context = if spiffe {
-        let trust_domains = bundles
-            .iter()
-            .map(|b| spiffe_cert_validator_config::TrustDomain {
-                name: b.trust_domain().to_string(),
-                trust_bundle: inline(b.to_pem()),
-                ..Default::default()
-            })
-            .collect();
-        let config = SpiffeCertValidatorConfig {
-            trust_domains,
-            ..Default::default()
-        };
-        CertificateValidationContext {
-            custom_validator_config: Some(TypedExtensionConfig {
-                name: SPIFFE_VALIDATOR.into(),
-                typed_config: Some(pack_any(config)),
-            }),
-            ..Default::default()
-        }
-    } else {
-        let pem: String = bundles.iter().map(|b| b.to_pem()).collect();
-        CertificateValidationContext {
-            trusted_ca: inline(pem),
-            ..Default::default()
-        }
-    };
-    secret::Type::ValidationContext(context)
+    let pems: Vec<String> = bundles.iter().map(|b| b.to_pem()).collect();
+    let names: Vec<String> = bundles
+        .iter()
+        .map(|b| b.trust_domain().to_string())
+        .collect();
+    let bundles: Vec<BundlePem<'_>> = names
+        .iter()
+        .zip(pems)
+        .map(|(td, roots_pem)| BundlePem {
+            trust_domain: td,
+            roots_pem,
+        })
+        .collect();
+    secret::Type::ValidationContext(validation_context(&bundles, spiffe))
 }
 
 /// Which names a stream asked for.
@@ -253,7 +228,7 @@ impl SecretView {
                 }
             }
             Wanted::Names(names) => {
-                for name in names.iter().filter(|n| *n != "*" && !is_bundle(n)) {
+                for name in names.iter().filter(|n| !is_bundle(n)) {
                     if name == DEFAULT {
                         reads.push((DEFAULT.into(), first_id.clone()));
                     } else if let Some(id) = self.entitled_name(state, name) {

@@ -3,12 +3,12 @@
 //! apply even with a stale nonce, and `initial_resource_versions` is honoured on reconnect.
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use crate::resource::Resources;
+use crate::types::is_wildcard_type;
 use crate::version::VersionSource;
+use crate::wire::{WireDeltaDiscoveryResponse, WireResource};
 use crate::{Nack, ProtocolError, Step};
 
 /// What the client was last told about a name.
@@ -28,6 +28,7 @@ pub struct DeltaStream {
     told: BTreeMap<String, Told>,
     last_nonce: Option<String>,
     last_nack: Option<Nack>,
+    last_changed: Vec<String>,
 }
 
 impl DeltaStream {
@@ -51,6 +52,21 @@ impl DeltaStream {
         self.last_nack.as_ref()
     }
 
+    /// The names the last response added or changed.
+    pub fn last_changed(&self) -> &[String] {
+        &self.last_changed
+    }
+
+    /// Makes the next response carry `names` again even if unchanged (Envoy finishes warming a
+    /// changed cluster only on a fresh endpoint response).
+    pub fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        for name in names {
+            if matches!(self.told.get(name), Some(Told::Has(_))) {
+                self.told.remove(name);
+            }
+        }
+    }
+
     /// Applies a request. Subscription changes apply whatever the nonce says (the spec requires
     /// it for delta); ACKs and NACKs count only for the latest nonce.
     pub fn handle_request(&mut self, req: &DeltaDiscoveryRequest) -> Result<Step, ProtocolError> {
@@ -67,18 +83,22 @@ impl DeltaStream {
         }
         let first = !self.started;
         self.started = true;
+        // Only Listener and Cluster have a wildcard; elsewhere `*` is a name like any other.
+        let wildcard_type = self.type_url.as_deref().is_some_and(is_wildcard_type);
         if first {
             for (name, version) in &req.initial_resource_versions {
                 self.told.insert(name.clone(), Told::Has(version.clone()));
             }
-            if req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty()
+            if wildcard_type
+                && req.resource_names_subscribe.is_empty()
+                && req.resource_names_unsubscribe.is_empty()
             {
                 self.wildcard = true;
             }
         }
         let mut changed = first;
         for name in &req.resource_names_subscribe {
-            if name == "*" {
+            if name == "*" && wildcard_type {
                 changed |= !self.wildcard;
                 self.wildcard = true;
             } else if self.names.insert(name.clone()) {
@@ -93,7 +113,7 @@ impl DeltaStream {
             }
         }
         for name in &req.resource_names_unsubscribe {
-            if name == "*" {
+            if name == "*" && wildcard_type {
                 self.wildcard = false;
             } else {
                 self.names.remove(name);
@@ -123,18 +143,17 @@ impl DeltaStream {
         &mut self,
         current: &Resources,
         versions: &VersionSource,
-    ) -> Option<DeltaDiscoveryResponse> {
+    ) -> Option<WireDeltaDiscoveryResponse> {
         let type_url = self.type_url.clone()?;
         let mut resources = Vec::new();
         let mut removed = Vec::new();
         let visible: Vec<_> = current.values().filter(|r| self.wants(&r.name)).collect();
         for r in visible {
             if self.told.get(&r.name) != Some(&Told::Has(r.version.clone())) {
-                resources.push(Resource {
+                resources.push(WireResource {
                     name: r.name.clone(),
                     version: r.version.clone(),
-                    resource: Some(r.body.as_ref().clone()),
-                    ..Default::default()
+                    resource: r.encoded.clone(),
                 });
                 self.told
                     .insert(r.name.clone(), Told::Has(r.version.clone()));
@@ -160,25 +179,24 @@ impl DeltaStream {
         }
         let nonce = versions.next();
         self.last_nonce = Some(nonce.clone());
-        Some(DeltaDiscoveryResponse {
+        self.last_changed = resources.iter().map(|r| r.name.clone()).collect();
+        Some(WireDeltaDiscoveryResponse {
             system_version_info: versions.next(),
             resources,
             type_url,
             removed_resources: removed,
             nonce,
-            ..Default::default()
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use envoy_types::pb::google::protobuf::Any;
 
     use super::*;
     use crate::resource::NamedResource;
+    use crate::types::LISTENER;
 
     const T: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
@@ -186,18 +204,11 @@ mod tests {
         pairs
             .iter()
             .map(|(n, v)| {
-                let body = Arc::new(Any {
+                let body = Any {
                     type_url: T.into(),
                     value: v.as_bytes().to_vec(),
-                });
-                (
-                    n.to_string(),
-                    NamedResource {
-                        name: n.to_string(),
-                        version: v.to_string(),
-                        body,
-                    },
-                )
+                };
+                (n.to_string(), NamedResource::new(*n, *v, &body))
             })
             .collect()
     }
@@ -212,7 +223,7 @@ mod tests {
         }
     }
 
-    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    fn names(r: &WireDeltaDiscoveryResponse) -> Vec<&str> {
         r.resources.iter().map(|r| r.name.as_str()).collect()
     }
 
@@ -282,12 +293,39 @@ mod tests {
     fn wildcard_sees_every_resource_and_resubscribing_resends() {
         let v = VersionSource::new(b"d");
         let mut s = DeltaStream::new();
-        s.handle_request(&sub(&[], &[], "")).unwrap();
+        let mut first = sub(&[], &[], "");
+        first.type_url = LISTENER.into();
+        s.handle_request(&first).unwrap();
         assert!(s.is_wildcard());
         let current = res(&[("a", "1"), ("b", "1")]);
         assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 2);
+        let mut again = sub(&["a"], &[], "");
+        again.type_url = LISTENER.into();
+        s.handle_request(&again).unwrap();
+        assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["a"]);
+    }
+
+    #[test]
+    fn secrets_have_no_wildcard_and_forgotten_names_are_resent() {
+        let v = VersionSource::new(b"d");
+        let current = res(&[("a", "1"), ("*", "1")]);
+        let mut s = DeltaStream::new();
+        s.handle_request(&sub(&[], &[], "")).unwrap();
+        assert!(!s.is_wildcard());
+        assert!(
+            s.next_response(&current, &v).is_none(),
+            "nothing asked, nothing sent"
+        );
+        s.handle_request(&sub(&["*"], &[], "")).unwrap();
+        assert!(!s.is_wildcard());
+        assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["*"]);
         s.handle_request(&sub(&["a"], &[], "")).unwrap();
         assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["a"]);
+        assert_eq!(s.last_changed(), ["a"]);
+        s.forget([&"a".to_string(), &"never-sent".to_string()]);
+        let again = s.next_response(&current, &v).unwrap();
+        assert_eq!(names(&again), ["a"]);
+        assert!(again.removed_resources.is_empty());
     }
 
     #[test]

@@ -1,14 +1,22 @@
-//! The xDS protocol, written once: per-stream subscription state (names, wildcard), nonces,
-//! versions sent and ACKed, NACKs, for state-of-the-world and delta (incremental) streams.
-//! Sans-IO and generic over resource type: a server hands in the resources a stream may see and
-//! gets back the response to send, if any. The SDS service and the discovery server use it.
+//! The xDS protocol, written once: per-stream subscription state (names, wildcard for Listener
+//! and Cluster only), nonces, versions sent and ACKed, NACKs, for state-of-the-world and delta
+//! (incremental) streams, one type or aggregated (ADS) in make-before-break order; and the
+//! client half. Sans-IO and generic over resource type: a server hands in the resources a stream
+//! may see and gets back the responses to send, with each resource encoded once and shared. The
+//! node agent's SDS, the discovery server, the proxy and the benchmarks use it.
 #![forbid(unsafe_code)]
 
+pub mod ads;
+pub mod client;
 pub mod delta;
+pub mod names;
 pub mod resource;
 pub mod sotw;
+pub mod types;
 pub mod version;
+pub mod wire;
 
+pub use ads::{AdsStream, DeltaAdsStream};
 pub use delta::DeltaStream;
 pub use resource::{NamedResource, Resources};
 pub use sotw::SotwStream;

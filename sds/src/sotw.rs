@@ -2,39 +2,39 @@
 //! protocol's ACK/NACK, nonce and subscription rules.
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use crate::resource::Resources;
+use crate::types::{is_full_state_type, is_wildcard_type};
 use crate::version::VersionSource;
+use crate::wire::WireDiscoveryResponse;
 use crate::{Nack, ProtocolError, Step};
 
-/// What a stream subscribed to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Subscription {
-    /// No name given yet: the legacy wildcard (everything of this type).
-    LegacyWildcard,
-    /// Explicit names, possibly including `*`.
-    Names(BTreeSet<String>),
+/// What a stream subscribed to: explicit names, and for Listener and Cluster possibly the
+/// wildcard (`*`, or the legacy empty list before any name was given).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
 }
 
 impl Subscription {
     pub fn wants(&self, name: &str) -> bool {
-        match self {
-            Subscription::LegacyWildcard => true,
-            Subscription::Names(n) => n.contains("*") || n.contains(name),
-        }
+        self.wildcard || self.names.contains(name)
     }
 
     pub fn is_wildcard(&self) -> bool {
-        match self {
-            Subscription::LegacyWildcard => true,
-            Subscription::Names(n) => n.contains("*"),
-        }
+        self.wildcard
+    }
+
+    /// The names given explicitly (never `*` for a type that has a wildcard).
+    pub fn names(&self) -> &BTreeSet<String> {
+        &self.names
     }
 }
 
 /// One state-of-the-world stream of one type.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SotwStream {
     type_url: Option<String>,
     subscription: Subscription,
@@ -42,29 +42,15 @@ pub struct SotwStream {
     last_nonce: Option<String>,
     /// name → resource version in the last response.
     sent: Option<BTreeMap<String, String>>,
-    sent_version: Option<String>,
+    /// The names the last response added or changed.
+    last_changed: Vec<String>,
     acked_version: Option<String>,
     last_nack: Option<Nack>,
 }
 
-impl Default for SotwStream {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl SotwStream {
     pub fn new() -> Self {
-        Self {
-            type_url: None,
-            subscription: Subscription::LegacyWildcard,
-            ever_named: false,
-            last_nonce: None,
-            sent: None,
-            sent_version: None,
-            acked_version: None,
-            last_nack: None,
-        }
+        Self::default()
     }
 
     pub fn type_url(&self) -> Option<&str> {
@@ -81,6 +67,21 @@ impl SotwStream {
 
     pub fn last_nack(&self) -> Option<&Nack> {
         self.last_nack.as_ref()
+    }
+
+    /// The names the last response carried because they were new or changed.
+    pub fn last_changed(&self) -> &[String] {
+        &self.last_changed
+    }
+
+    /// Makes the next response carry `names` again even if unchanged (Envoy finishes warming a
+    /// changed cluster only on a fresh endpoint response).
+    pub fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+        if let Some(sent) = &mut self.sent {
+            for name in names {
+                sent.remove(name);
+            }
+        }
     }
 
     /// Applies a client request. A request whose nonce is not the latest one sent is stale and
@@ -127,14 +128,23 @@ impl SotwStream {
         }
     }
 
-    /// Legacy rule: empty names mean wildcard until a name has ever been given; after that,
-    /// empty names mean "nothing".
+    /// For Listener and Cluster, the legacy rule: empty names mean wildcard until a name has ever
+    /// been given, and `*` is the wildcard. For other types empty names mean none, and `*` is a
+    /// name like any other.
     fn update_subscription(&mut self, names: &[String]) -> bool {
-        let next = if names.is_empty() && !self.ever_named {
-            Subscription::LegacyWildcard
+        let wildcard_type = self.type_url.as_deref().is_some_and(is_wildcard_type);
+        let legacy_wildcard = names.is_empty() && !self.ever_named;
+        self.ever_named |= !names.is_empty();
+        let next = if wildcard_type {
+            Subscription {
+                wildcard: legacy_wildcard || names.iter().any(|n| n == "*"),
+                names: names.iter().filter(|n| *n != "*").cloned().collect(),
+            }
         } else {
-            self.ever_named = true;
-            Subscription::Names(names.iter().cloned().collect())
+            Subscription {
+                wildcard: false,
+                names: names.iter().cloned().collect(),
+            }
         };
         let changed = next != self.subscription;
         self.subscription = next;
@@ -152,71 +162,64 @@ impl SotwStream {
         &mut self,
         current: &Resources,
         versions: &VersionSource,
-    ) -> Option<DiscoveryResponse> {
+    ) -> Option<WireDiscoveryResponse> {
         let type_url = self.type_url.clone()?;
         let wanted: BTreeMap<String, String> = current
             .values()
             .filter(|r| self.subscription.wants(&r.name))
             .map(|r| (r.name.clone(), r.version.clone()))
             .collect();
+        let sent = self.sent.as_ref();
+        let changed: Vec<String> = wanted
+            .iter()
+            .filter(|(name, version)| sent.and_then(|s| s.get(*name)) != Some(*version))
+            .map(|(name, _)| name.clone())
+            .collect();
         let send: Vec<&String> = if is_full_state_type(&type_url) {
-            if self.sent.as_ref() == Some(&wanted) {
+            if sent == Some(&wanted) {
                 return None;
             }
             wanted.keys().collect()
         } else {
-            let sent = self.sent.as_ref();
-            let new: Vec<&String> = wanted
-                .iter()
-                .filter(|(name, version)| sent.and_then(|s| s.get(*name)) != Some(*version))
-                .map(|(name, _)| name)
-                .collect();
             // The first response is due even when nothing exists yet (an empty answer).
-            if new.is_empty() && self.sent.is_some() {
+            if changed.is_empty() && self.sent.is_some() {
                 self.sent = Some(wanted);
                 return None;
             }
-            new
+            changed.iter().collect()
         };
         let version = versions.next();
         let nonce = versions.next();
         let resources = send
             .iter()
-            .map(|n| current[n.as_str()].body.as_ref().clone())
+            .map(|n| current[n.as_str()].encoded.clone())
             .collect();
         // What the client holds now: every wanted resource (it keeps the ones not re-sent).
         self.sent = Some(wanted);
-        self.sent_version = Some(version.clone());
+        self.last_changed = changed;
         self.last_nonce = Some(nonce.clone());
-        Some(DiscoveryResponse {
+        Some(WireDiscoveryResponse {
             version_info: version,
             resources,
             type_url,
             nonce,
-            ..Default::default()
         })
     }
 }
 
-/// Whether a state-of-the-world response of this type must list every resource (absence means
-/// deletion): Listener and Cluster, as the xDS protocol defines.
-pub fn is_full_state_type(type_url: &str) -> bool {
-    matches!(
-        type_url.rsplit('/').next(),
-        Some("envoy.config.listener.v3.Listener" | "envoy.config.cluster.v3.Cluster")
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use envoy_types::pb::google::protobuf::Any;
     use envoy_types::pb::google::rpc::Status;
     use proptest::prelude::*;
 
     use super::*;
     use crate::resource::NamedResource;
+    use crate::wire::decode_any;
+
+    fn value(r: &WireDiscoveryResponse, i: usize) -> Vec<u8> {
+        decode_any(&r.resources[i]).value
+    }
 
     const T: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
@@ -224,23 +227,16 @@ mod tests {
         pairs
             .iter()
             .map(|(n, v)| {
-                let body = Arc::new(Any {
+                let body = Any {
                     type_url: T.into(),
                     value: format!("{n}:{v}").into_bytes(),
-                });
-                (
-                    n.to_string(),
-                    NamedResource {
-                        name: n.to_string(),
-                        version: v.to_string(),
-                        body,
-                    },
-                )
+                };
+                (n.to_string(), NamedResource::new(*n, *v, &body))
             })
             .collect()
     }
 
-    const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    use crate::types::{CLUSTER, LISTENER};
 
     fn req(names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
         req_of(T, names, version, nonce)
@@ -339,7 +335,7 @@ mod tests {
                 .unwrap()
                 .resources
                 .iter()
-                .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+                .map(|r| String::from_utf8_lossy(&decode_any(r).value).into_owned())
                 .collect();
             assert_eq!(names.len(), expected, "{type_url}: {names:?}");
             assert!(names.contains(&"b:1".to_string()));
@@ -359,7 +355,7 @@ mod tests {
             .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), &v)
             .unwrap();
         assert_eq!(rotated.resources.len(), 1);
-        assert_eq!(rotated.resources[0].value, b"b:2");
+        assert_eq!(value(&rotated, 0), b"b:2");
         assert!(
             s.next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), &v)
                 .is_none()
@@ -373,7 +369,7 @@ mod tests {
             .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), &v)
             .unwrap();
         assert_eq!(back.resources.len(), 1);
-        assert_eq!(back.resources[0].value, b"c:1");
+        assert_eq!(value(&back, 0), b"c:1");
     }
 
     #[test]
@@ -394,6 +390,45 @@ mod tests {
             .unwrap();
         assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 0);
         assert!(!s.subscription().is_wildcard());
+    }
+
+    #[test]
+    fn only_listeners_and_clusters_have_a_wildcard() {
+        let v = VersionSource::new(b"t");
+        let current = res(&[("a", "1"), ("*", "1")]);
+        // An empty first list and `*` mean nothing special for secrets (or routes, endpoints).
+        let mut s = SotwStream::new();
+        s.handle_request(&req(&[], "", "")).unwrap();
+        assert!(!s.subscription().is_wildcard());
+        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 0);
+        let mut s = SotwStream::new();
+        s.handle_request(&req(&["*"], "", "")).unwrap();
+        let r = s.next_response(&current, &v).unwrap();
+        assert_eq!(r.resources.len(), 1, "only the resource named `*`");
+        assert_eq!(value(&r, 0), b"*:1");
+        // For clusters `*` is the wildcard, alongside explicit names.
+        let mut s = SotwStream::new();
+        s.handle_request(&req_of(CLUSTER, &["*", "b"], "", ""))
+            .unwrap();
+        assert!(s.subscription().is_wildcard());
+        assert_eq!(s.subscription().names().len(), 1);
+        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 2);
+    }
+
+    #[test]
+    fn forgotten_names_are_sent_again_unchanged() {
+        let v = VersionSource::new(b"t");
+        let mut s = SotwStream::new();
+        let current = res(&[("a", "1"), ("b", "1")]);
+        s.handle_request(&req(&["a", "b"], "", "")).unwrap();
+        let r = s.next_response(&current, &v).unwrap();
+        assert_eq!(s.last_changed(), ["a", "b"]);
+        assert!(s.next_response(&current, &v).is_none());
+        s.forget([&"b".to_string()]);
+        let again = s.next_response(&current, &v).unwrap();
+        assert_ne!(again.nonce, r.nonce);
+        assert_eq!(value(&again, 0), b"b:1");
+        assert_eq!(s.last_changed(), ["b"]);
     }
 
     #[test]
@@ -427,7 +462,7 @@ mod tests {
                 if let Some(resp) = s.next_response(&res(&[("a", &g), ("b", "1")]), &v) {
                     prop_assert!(nonces.insert(resp.nonce.clone()));
                     for any in &resp.resources {
-                        let name = String::from_utf8_lossy(&any.value).split(':').next().unwrap().to_string();
+                        let name = String::from_utf8_lossy(&decode_any(any).value).split(':').next().unwrap().to_string();
                         prop_assert!(s.subscription().wants(&name));
                     }
                     last_nonce = resp.nonce;
