@@ -129,7 +129,12 @@ async fn main() {
     let total = env_or("ENTRIES", 100_000);
     let nodes = env_or("NODES", 1000);
     let sample = env_or("SAMPLE", 1000);
-    let dir = tempfile::tempdir().unwrap();
+    // BENCH_DIR=/dev/shm takes the disk's fsync out of the figures (the registry's own cost).
+    let dir = match std::env::var_os("BENCH_DIR") {
+        Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    println!("data directory: {}", dir.path().display());
     let (mut child, grpc) = start_citadel(dir.path());
     let pid = child.id();
     let mut admin = AdminClient::new(uds_channel(dir.path().join("admin.sock")).unwrap());

@@ -56,6 +56,12 @@ pub enum Command {
     /// Attested nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Validate Istio manifests (files or directories) without a server, as `istioctl validate`.
+    Validate {
+        /// A manifest file, a `mesh.yaml`, or a config directory; repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -239,6 +245,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Entry(cmd) => entry(&cli.data_dir, cmd).await,
         Command::Bundle(cmd) => bundle(&cli.data_dir, cmd).await,
         Command::Node(cmd) => node(&cli.data_dir, cmd).await,
+        Command::Validate { paths } => crate::validate::run(
+            &paths,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        ),
     }
 }
 

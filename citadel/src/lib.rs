@@ -16,3 +16,4 @@ pub mod service;
 pub mod storage;
 pub mod store;
 pub mod tls_server;
+pub mod validate;

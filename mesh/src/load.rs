@@ -1,0 +1,346 @@
+//! Loading Kubernetes-style YAML manifests (multi-document files, a directory of them, and its
+//! `mesh.yaml`) into typed, validated objects. Each problem names the file, the object and the
+//! field path. A directory loads as one snapshot: all of it, or the list of what is wrong.
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::error::{ConfigError, Problem};
+use crate::mesh_config::{MESH_FILE, MeshConfig};
+use crate::meta::{Kind, NETWORKING_GROUP, NETWORKING_VERSIONS, Object, ObjectMeta, Spec};
+
+/// One consistent configuration: every object of a directory, and the mesh settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    pub objects: Vec<Object>,
+    pub mesh: MeshConfig,
+}
+
+impl Config {
+    /// The objects of one kind, in load order.
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.objects.iter().filter(move |o| o.kind() == kind)
+    }
+}
+
+/// A loaded directory and the warnings it produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Groups whose kinds are Istio's: an unknown kind there is an error, not something to skip.
+const ISTIO_GROUPS: [&str; 4] = [
+    NETWORKING_GROUP,
+    "security.istio.io",
+    "telemetry.istio.io",
+    "extensions.istio.io",
+];
+
+fn located(file: Option<&FsPath>, object: Option<String>, problem: Problem) -> ConfigError {
+    ConfigError {
+        file: file.map(FsPath::to_path_buf),
+        object,
+        problem,
+    }
+}
+
+/// Parses every document of `text`. Returns the valid objects and every problem (errors and
+/// warnings); an object with an error is not returned.
+pub fn load_str(text: &str, file: Option<&FsPath>) -> (Vec<Object>, Vec<ConfigError>) {
+    let mut objects = Vec::new();
+    let mut problems = Vec::new();
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let label = format!("document {}", i + 1);
+        let value = match Value::deserialize(document) {
+            Ok(v) => v,
+            Err(e) => {
+                let msg = format!("invalid YAML: {e}");
+                problems.push(located(file, Some(label), Problem::error("", msg)));
+                // The parser cannot resynchronise after a syntax error.
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        match document_object(value) {
+            Ok(None) => {}
+            Ok(Some((object, warnings))) => {
+                let name = object.describe();
+                problems.extend(
+                    warnings
+                        .into_iter()
+                        .map(|w| located(file, Some(name.clone()), w)),
+                );
+                objects.push(object);
+            }
+            Err((name, errs)) => {
+                let name = name.unwrap_or(label);
+                problems.extend(
+                    errs.into_iter()
+                        .map(|p| located(file, Some(name.clone()), p)),
+                );
+            }
+        }
+    }
+    (objects, problems)
+}
+
+type DocumentResult = Result<Option<(Object, Vec<Problem>)>, (Option<String>, Vec<Problem>)>;
+
+/// One document: `None` for a kind outside Istio's groups (skipped, with a warning from the
+/// caller's view: see `skip_warning`).
+fn document_object(value: Value) -> DocumentResult {
+    let Value::Mapping(map) = value else {
+        return Err((
+            None,
+            vec![Problem::error(
+                "",
+                "a manifest must be a mapping with apiVersion, kind, metadata and spec",
+            )],
+        ));
+    };
+    let text = |key: &str| map.get(key).and_then(Value::as_str).map(str::to_string);
+    let (Some(api_version), Some(kind_name)) = (text("apiVersion"), text("kind")) else {
+        return Err((
+            None,
+            vec![Problem::error("", "apiVersion and kind are required")],
+        ));
+    };
+    let (group, version) = api_version
+        .split_once('/')
+        .unwrap_or(("", api_version.as_str()));
+    let meta: ObjectMeta = match map
+        .get("metadata")
+        .cloned()
+        .map(serde_path_to_error::deserialize)
+    {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            return Err((
+                None,
+                vec![Problem::error(
+                    format!("metadata.{}", e.path()),
+                    e.inner().to_string(),
+                )],
+            ));
+        }
+        None => ObjectMeta::default(),
+    };
+    let describe = format!("{kind_name} {}/{}", meta.namespace(), meta.name);
+    if !ISTIO_GROUPS.contains(&group) {
+        // Kubernetes Deployments, Services, ... in the same directory: not ours to load.
+        return Ok(None);
+    }
+    let Some(kind) = Kind::parse(&kind_name).filter(|_| group == NETWORKING_GROUP) else {
+        return Err((
+            Some(describe),
+            vec![Problem::error(
+                "kind",
+                format!("{group}/{kind_name} is not supported by citadel yet"),
+            )],
+        ));
+    };
+    if !NETWORKING_VERSIONS.contains(&version) {
+        return Err((
+            Some(describe),
+            vec![Problem::error(
+                "apiVersion",
+                format!(
+                    "{api_version}: {NETWORKING_GROUP} serves {kind_name} as v1, v1beta1 or v1alpha3"
+                ),
+            )],
+        ));
+    }
+    let mut problems = Vec::new();
+    for key in map.keys() {
+        let key = key.as_str().unwrap_or("");
+        if !["apiVersion", "kind", "metadata", "spec", "status"].contains(&key) {
+            problems.push(Problem::error(key, "unknown top-level field"));
+        }
+    }
+    let spec_value = map
+        .get("spec")
+        .cloned()
+        .unwrap_or(Value::Mapping(Default::default()));
+    let spec = match typed_spec(kind, spec_value) {
+        Ok(spec) => spec,
+        Err(p) => {
+            problems.push(p);
+            return Err((Some(describe), problems));
+        }
+    };
+    let object = Object {
+        api_version,
+        metadata: meta,
+        spec,
+    };
+    problems.extend(crate::validate::object(&object));
+    let (errors, warnings): (Vec<Problem>, Vec<Problem>) = problems
+        .into_iter()
+        .partition(|p| p.severity == crate::Severity::Error);
+    if errors.is_empty() {
+        Ok(Some((object, warnings)))
+    } else {
+        Err((Some(describe), errors.into_iter().chain(warnings).collect()))
+    }
+}
+
+fn spec_of<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{path}")
+        };
+        Problem::error(path, e.into_inner().to_string())
+    })
+}
+
+fn typed_spec(kind: Kind, value: Value) -> Result<Spec, Problem> {
+    Ok(match kind {
+        Kind::ServiceEntry => Spec::ServiceEntry(Box::new(spec_of(value)?)),
+        Kind::WorkloadEntry => Spec::WorkloadEntry(Box::new(spec_of(value)?)),
+        Kind::VirtualService => Spec::VirtualService(Box::new(spec_of(value)?)),
+        Kind::DestinationRule => Spec::DestinationRule(Box::new(spec_of(value)?)),
+        Kind::Sidecar => Spec::Sidecar(Box::new(spec_of(value)?)),
+    })
+}
+
+fn read(path: &FsPath) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        located(
+            Some(path),
+            None,
+            Problem::error("", format!("cannot read: {e}")),
+        )
+    })
+}
+
+/// Loads one manifest file (or `mesh.yaml`, by name).
+pub fn load_file(path: &FsPath) -> (Vec<Object>, Vec<ConfigError>) {
+    match read(path) {
+        Ok(text) => load_str(&text, Some(path)),
+        Err(e) => (vec![], vec![e]),
+    }
+}
+
+fn is_manifest(path: &FsPath) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// The manifest files of a directory, in name order (hidden and editor backup files skipped).
+pub fn manifest_files(dir: &FsPath) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        located(
+            Some(dir),
+            None,
+            Problem::error("", format!("cannot read directory: {e}")),
+        )
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && is_manifest(p))
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Loads a directory as one snapshot: every manifest, and `mesh.yaml` if present. Fails with
+/// every problem (errors first) when any object is invalid or two objects share a name.
+pub fn load_dir(dir: &FsPath) -> Result<Loaded, Vec<ConfigError>> {
+    let files = manifest_files(dir).map_err(|e| vec![e])?;
+    let mut loaded = Loaded::default();
+    let mut problems = Vec::new();
+    let mut seen: BTreeMap<(Kind, String, String), PathBuf> = BTreeMap::new();
+    for file in files {
+        if file.file_name().is_some_and(|n| n == MESH_FILE) {
+            match read(&file).map(|t| MeshConfig::parse(&t)) {
+                Ok(Ok((mesh, warnings))) => {
+                    loaded.config.mesh = mesh;
+                    problems.extend(warnings.into_iter().map(|w| located(Some(&file), None, w)));
+                }
+                Ok(Err(errs)) => {
+                    problems.extend(errs.into_iter().map(|p| located(Some(&file), None, p)))
+                }
+                Err(e) => problems.push(e),
+            }
+            continue;
+        }
+        let (objects, found) = load_file(&file);
+        problems.extend(found);
+        for object in objects {
+            let key = (
+                object.kind(),
+                object.metadata.namespace().to_string(),
+                object.metadata.name.clone(),
+            );
+            if let Some(first) = seen.get(&key) {
+                let msg = format!("defined twice: also in {}", first.display());
+                problems.push(located(
+                    Some(&file),
+                    Some(object.describe()),
+                    Problem::error("metadata.name", msg),
+                ));
+                continue;
+            }
+            seen.insert(key, file.clone());
+            loaded.config.objects.push(object);
+        }
+    }
+    if problems.iter().any(ConfigError::is_error) {
+        problems.sort_by_key(|p| !p.is_error());
+        return Err(problems);
+    }
+    loaded.warnings = problems;
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn vs(w1: i32, w2: i32) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r}}\nspec:\n  hosts: [r]\n  http:\n  - route:\n    - destination: {{host: r, subset: a}}\n      weight: {w1}\n    - destination: {{host: r, subset: b}}\n      weight: {w2}\n"
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn weights_are_refused_exactly_when_istio_refuses_them(w1 in -50i32..200, w2 in -50i32..200) {
+            let (objects, problems) = load_str(&vs(w1, w2), None);
+            let out_of_range = |w: i32| !(0..=100).contains(&w);
+            let refused = out_of_range(w1) || out_of_range(w2) || (w1 == 0 && w2 == 0);
+            prop_assert_eq!(objects.is_empty(), refused);
+            prop_assert_eq!(problems.iter().any(ConfigError::is_error), refused);
+            if out_of_range(w2) {
+                prop_assert!(problems.iter().any(|p| p.problem.path == "spec.http[0].route[1].weight"));
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_and_loaded_objects_are_valid(text in "\\PC{0,200}") {
+            let (objects, _) = load_str(&text, None);
+            for o in &objects {
+                prop_assert!(crate::validate::object(o).iter().all(|p| p.severity != crate::Severity::Error));
+            }
+        }
+    }
+}
