@@ -5,6 +5,8 @@
 pub mod audit;
 pub mod authority;
 pub mod cli;
+pub mod config_store;
+pub mod discovery;
 pub mod error;
 pub mod grpc;
 pub mod jwt;

@@ -26,6 +26,11 @@ pub struct StreamLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 /// Every metric citadel exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -41,6 +46,12 @@ pub struct Metrics {
     pub tls_handshakes: Gauge,
     /// Connections closed because their client certificate expired.
     pub expired_connections: Counter,
+    /// Config directory loads, by outcome (`applied`, `rejected`).
+    pub config_loads: Family<OutcomeLabels, Counter>,
+    /// Objects in the configuration in force.
+    pub config_objects: Gauge,
+    /// Errors in the last rejected load (0 when the last load was applied).
+    pub config_errors: Gauge,
 }
 
 impl Default for Metrics {
@@ -101,8 +112,29 @@ impl Metrics {
             "Connections closed when their client certificate expired",
             expired_connections.clone(),
         );
+        let config_loads = Family::<OutcomeLabels, Counter>::default();
+        let config_objects = Gauge::default();
+        let config_errors = Gauge::default();
+        registry.register(
+            "config_loads",
+            "Loads of the config directory, by outcome (applied, rejected)",
+            config_loads.clone(),
+        );
+        registry.register(
+            "config_objects",
+            "Objects in the configuration in force",
+            config_objects.clone(),
+        );
+        registry.register(
+            "config_errors",
+            "Errors in the last rejected config load (0 once a load is applied)",
+            config_errors.clone(),
+        );
         Self {
             registry,
+            config_loads,
+            config_objects,
+            config_errors,
             watch_streams,
             tls_handshakes,
             expired_connections,

@@ -21,6 +21,8 @@ pub const ROOTCA: &str = "ROOTCA";
 pub const ALL: &str = "ALL";
 /// The validator extension Envoy offers for SPIFFE peers.
 pub const SPIFFE_VALIDATOR: &str = "envoy.tls.cert_validator.spiffe";
+/// The bootstrap cluster through which a sidecar reaches the node agent's SDS (Istio's name).
+pub const SDS_CLUSTER: &str = "sds-grpc";
 /// Node metadata that asks for `trusted_ca` instead of the SPIFFE validator (SPIRE's name).
 pub const DISABLE_SPIFFE_VALIDATION: &str = "disable_spiffe_cert_validation";
 

@@ -1,0 +1,459 @@
+//! CDS and EDS for a sidecar, named as Istio names them: `outbound|PORT|SUBSET|HOST` per
+//! service port and DestinationRule subset, `inbound|PORT||` per port of the proxy's own
+//! workload, `PassthroughCluster` and `BlackHoleCluster`. A DestinationRule's traffic policy
+//! (top level, then port level, then the subset's) becomes load balancing, circuit breakers,
+//! outlier detection and client TLS; mesh-internal destinations get mTLS unless it says DISABLE.
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
+    MaglevLbConfig, RingHashLbConfig,
+};
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, OutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::{
+    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, Locality,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
+use mesh::networking::{
+    ClientTlsMode, ConnectionPoolSettings, Location, LoadBalancerSettings,
+    OutlierDetection as IstioOutlier, Resolution, SimpleLb, Subset, TrafficPolicy,
+};
+
+use super::services::{Endpoint, Port, Service, destination_rule_for};
+use super::tls::upstream_mtls;
+use super::{Ctx, address, ads_source, any, duration, u32v};
+
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+pub const BLACKHOLE: &str = "BlackHoleCluster";
+
+/// Istio's outbound cluster name.
+pub fn outbound_name(port: u32, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// Istio's inbound cluster name.
+pub fn inbound_name(port: u32) -> String {
+    format!("inbound|{port}||")
+}
+
+/// Clusters and the endpoints of those that use EDS.
+#[derive(Debug, Default)]
+pub struct Clusters {
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+}
+
+/// The effective policy for one port of one subset: Istio merges top level, then port level;
+/// a subset's own policy replaces what it sets.
+#[derive(Debug, Default, Clone)]
+struct Policy<'a> {
+    lb: Option<&'a LoadBalancerSettings>,
+    pool: Option<&'a ConnectionPoolSettings>,
+    outlier: Option<&'a IstioOutlier>,
+    tls: Option<&'a mesh::networking::ClientTlsSettings>,
+}
+
+impl<'a> Policy<'a> {
+    fn apply(mut self, tp: Option<&'a TrafficPolicy>, port: u32) -> Self {
+        let Some(tp) = tp else { return self };
+        self.lb = tp.load_balancer.as_ref().or(self.lb);
+        self.pool = tp.connection_pool.as_ref().or(self.pool);
+        self.outlier = tp.outlier_detection.as_ref().or(self.outlier);
+        self.tls = tp.tls.as_ref().or(self.tls);
+        if let Some(pl) = tp
+            .port_level_settings
+            .iter()
+            .find(|p| p.port.is_some_and(|s| s.number == port))
+        {
+            self.lb = pl.load_balancer.as_ref().or(self.lb);
+            self.pool = pl.connection_pool.as_ref().or(self.pool);
+            self.outlier = pl.outlier_detection.as_ref().or(self.outlier);
+            self.tls = pl.tls.as_ref().or(self.tls);
+        }
+        self
+    }
+}
+
+pub fn build(ctx: &Ctx<'_>, services: &[&Service]) -> Clusters {
+    let mut out = Clusters::default();
+    for service in services {
+        let dr = destination_rule_for(ctx.config, &ctx.proxy.namespace, service);
+        for port in &service.ports {
+            let base =
+                Policy::default().apply(dr.and_then(|d| d.traffic_policy.as_ref()), port.number);
+            outbound(ctx, &mut out, service, port, None, base.clone());
+            for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or_default() {
+                let policy = base
+                    .clone()
+                    .apply(subset.traffic_policy.as_ref(), port.number);
+                outbound(ctx, &mut out, service, port, Some(subset), policy);
+            }
+        }
+    }
+    out.clusters.push(passthrough(ctx));
+    out.clusters.push(Cluster {
+        name: BLACKHOLE.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(duration(ctx.config.mesh.connect_timeout.as_duration())),
+        ..Default::default()
+    });
+    out
+}
+
+fn passthrough(ctx: &Ctx<'_>) -> Cluster {
+    Cluster {
+        name: PASSTHROUGH.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(duration(ctx.config.mesh.connect_timeout.as_duration())),
+        circuit_breakers: Some(unlimited(None)),
+        ..Default::default()
+    }
+}
+
+fn outbound(
+    ctx: &Ctx<'_>,
+    out: &mut Clusters,
+    service: &Service,
+    port: &Port,
+    subset: Option<&Subset>,
+    policy: Policy<'_>,
+) {
+    let subset_name = subset.map(|s| s.name.as_str()).unwrap_or("");
+    let name = outbound_name(port.number, subset_name, &service.hostname);
+    let endpoints: Vec<&Endpoint> = service
+        .endpoints
+        .iter()
+        .filter(|e| subset.is_none_or(|s| e.selected_by(&s.labels)))
+        .collect();
+    let mut cluster = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(duration(
+            policy
+                .pool
+                .and_then(|p| p.tcp.as_ref())
+                .and_then(|t| t.connect_timeout)
+                .unwrap_or(ctx.config.mesh.connect_timeout)
+                .as_duration(),
+        )),
+        circuit_breakers: Some(unlimited(policy.pool)),
+        ..Default::default()
+    };
+    match service.resolution {
+        Resolution::None if service.endpoints.is_empty() => {
+            cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+                DiscoveryType::OriginalDst as i32,
+            ));
+            cluster.lb_policy = LbPolicy::ClusterProvided as i32;
+        }
+        Resolution::Dns | Resolution::DnsRoundRobin | Resolution::DynamicDns => {
+            let kind = if service.resolution == Resolution::DnsRoundRobin {
+                DiscoveryType::LogicalDns
+            } else {
+                DiscoveryType::StrictDns
+            };
+            cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(kind as i32));
+            let mut cla = load_assignment(&name, port, &endpoints);
+            if endpoints.is_empty() {
+                cla.endpoints = vec![locality_endpoints(
+                    "",
+                    vec![lb_endpoint(&service.hostname, port.number, 1)],
+                )];
+            }
+            cluster.load_assignment = Some(cla);
+            lb(&mut cluster, policy.lb);
+        }
+        _ => {
+            cluster.cluster_discovery_type =
+                Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+            cluster.eds_cluster_config = Some(EdsClusterConfig {
+                eds_config: Some(ads_source()),
+                service_name: name.clone(),
+            });
+            out.endpoints.push(load_assignment(&name, port, &endpoints));
+            lb(&mut cluster, policy.lb);
+        }
+    }
+    if let Some(o) = policy.outlier {
+        outlier(&mut cluster, o);
+    }
+    http_options(&mut cluster, port, policy.pool);
+    let tls_mode = policy.tls.map(|t| t.mode);
+    let mtls = match tls_mode {
+        Some(ClientTlsMode::IstioMutual) => true,
+        Some(ClientTlsMode::Disable) => false,
+        // SIMPLE and MUTUAL with files or credentials come with egress gateways.
+        Some(_) => false,
+        None => service.location == Location::MeshInternal,
+    };
+    if mtls {
+        let mut sans: Vec<String> = endpoints
+            .iter()
+            .map(|e| e.spiffe_id(&ctx.config.mesh.trust_domain))
+            .collect();
+        sans.sort();
+        sans.dedup();
+        let sni = format!(
+            "outbound_.{}_.{subset_name}_.{}",
+            port.number, service.hostname
+        );
+        cluster.transport_socket = Some(upstream_mtls(&sni, &sans, port.protocol.is_http2()));
+    }
+    out.clusters.push(cluster);
+}
+
+/// Istio's defaults are effectively unlimited (2^32-1); a DestinationRule's pool lowers them.
+fn unlimited(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
+    let max = u32::MAX;
+    let pick = |v: Option<i32>| u32v(v.filter(|v| *v > 0).map_or(max, |v| v as u32));
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: pick(tcp.and_then(|t| t.max_connections)),
+            max_pending_requests: pick(http.and_then(|h| h.http1_max_pending_requests)),
+            max_requests: pick(http.and_then(|h| h.http2_max_requests)),
+            max_retries: pick(http.and_then(|h| h.max_retries)),
+            track_remaining: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn lb(cluster: &mut Cluster, settings: Option<&LoadBalancerSettings>) {
+    let Some(s) = settings else {
+        cluster.lb_policy = LbPolicy::LeastRequest as i32;
+        return;
+    };
+    if let Some(ch) = &s.consistent_hash {
+        if let Some(m) = &ch.maglev {
+            cluster.lb_policy = LbPolicy::Maglev as i32;
+            cluster.lb_config = Some(LbConfig::MaglevLbConfig(MaglevLbConfig {
+                table_size: m.table_size.map(|value| UInt64Value { value }),
+            }));
+        } else {
+            cluster.lb_policy = LbPolicy::RingHash as i32;
+            let min = ch
+                .ring_hash
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(ch.minimum_ring_size);
+            cluster.lb_config = Some(LbConfig::RingHashLbConfig(RingHashLbConfig {
+                minimum_ring_size: min.map(|value| UInt64Value { value }),
+                ..Default::default()
+            }));
+        }
+        return;
+    }
+    cluster.lb_policy = match s.simple {
+        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        Some(SimpleLb::Random) => LbPolicy::Random,
+        Some(SimpleLb::Passthrough) => LbPolicy::ClusterProvided,
+        // Istio's default, and LEAST_CONN's meaning.
+        _ => LbPolicy::LeastRequest,
+    } as i32;
+}
+
+fn outlier(cluster: &mut Cluster, o: &IstioOutlier) {
+    let hundred = u32v(100);
+    let five_xx = o
+        .consecutive_5xx_errors
+        .or(o.consecutive_errors.map(|c| c.max(0) as u32));
+    cluster.outlier_detection = Some(OutlierDetection {
+        consecutive_5xx: five_xx.map(|v| UInt32Value { value: v }),
+        enforcing_consecutive_5xx: five_xx.and(hundred),
+        consecutive_gateway_failure: o
+            .consecutive_gateway_errors
+            .map(|value| UInt32Value { value }),
+        enforcing_consecutive_gateway_failure: o
+            .consecutive_gateway_errors
+            .and(hundred),
+        consecutive_local_origin_failure: o
+            .consecutive_local_origin_failures
+            .map(|value| UInt32Value { value }),
+        split_external_local_origin_errors: o.split_external_local_origin_errors.unwrap_or(false),
+        interval: o.interval.map(|d| duration(d.as_duration())),
+        base_ejection_time: o.base_ejection_time.map(|d| duration(d.as_duration())),
+        max_ejection_percent: o.max_ejection_percent.map(|v| UInt32Value {
+            value: v.max(0) as u32,
+        }),
+        // Istio turns success-rate ejection off.
+        enforcing_success_rate: u32v(0),
+        ..Default::default()
+    });
+    if let Some(min) = o.min_health_percent {
+        cluster.common_lb_config = Some(CommonLbConfig {
+            healthy_panic_threshold: Some(Percent {
+                value: f64::from(min),
+            }),
+            ..Default::default()
+        });
+    }
+}
+
+fn http_options(cluster: &mut Cluster, port: &Port, pool: Option<&ConnectionPoolSettings>) {
+    let http = pool.and_then(|p| p.http.as_ref());
+    if !port.protocol.is_http() && http.is_none() {
+        return;
+    }
+    let common = CoreHttpOptions {
+        idle_timeout: http
+            .and_then(|h| h.idle_timeout)
+            .map(|d| duration(d.as_duration())),
+        max_requests_per_connection: http
+            .and_then(|h| h.max_requests_per_connection)
+            .filter(|v| *v > 0)
+            .map(|v| UInt32Value { value: v as u32 }),
+        ..Default::default()
+    };
+    let protocol = if port.protocol.is_http2() {
+        ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions {
+            max_concurrent_streams: http
+                .and_then(|h| h.max_concurrent_streams)
+                .filter(|v| *v > 0)
+                .map(|v| UInt32Value { value: v as u32 }),
+            ..Default::default()
+        })
+    } else {
+        ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
+    };
+    let options = HttpProtocolOptions {
+        common_http_protocol_options: Some(common),
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(protocol),
+            },
+        )),
+        ..Default::default()
+    };
+    cluster.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(&options),
+    );
+}
+
+fn lb_endpoint(host: &str, port: u32, weight: u32) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
+            address: Some(address(host, port)),
+            ..Default::default()
+        })),
+        load_balancing_weight: u32v(weight),
+        ..Default::default()
+    }
+}
+
+fn locality_endpoints(locality: &str, lb_endpoints: Vec<LbEndpoint>) -> LocalityLbEndpoints {
+    let mut parts = locality.splitn(3, '/');
+    LocalityLbEndpoints {
+        locality: Some(Locality {
+            region: parts.next().unwrap_or("").into(),
+            zone: parts.next().unwrap_or("").into(),
+            sub_zone: parts.next().unwrap_or("").into(),
+        }),
+        lb_endpoints,
+        ..Default::default()
+    }
+}
+
+/// The endpoints of one cluster, grouped by locality.
+fn load_assignment(name: &str, port: &Port, endpoints: &[&Endpoint]) -> ClusterLoadAssignment {
+    let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    for e in endpoints {
+        by_locality
+            .entry(e.locality.as_str())
+            .or_default()
+            .push(lb_endpoint(&e.address, e.port_for(port), e.weight));
+    }
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: by_locality
+            .into_iter()
+            .map(|(l, eps)| locality_endpoints(l, eps))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Inbound clusters for the ports the proxy's workload serves, to the application on loopback
+/// (or a Sidecar ingress `defaultEndpoint`).
+pub fn inbound(ctx: &Ctx<'_>, ports: &[super::listeners::InboundPort]) -> Vec<Cluster> {
+    ports
+        .iter()
+        .map(|p| Cluster {
+            name: inbound_name(p.port),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+            connect_timeout: Some(duration(ctx.config.mesh.connect_timeout.as_duration())),
+            load_assignment: Some(ClusterLoadAssignment {
+                cluster_name: inbound_name(p.port),
+                endpoints: vec![locality_endpoints(
+                    "",
+                    vec![lb_endpoint(&p.target_host, p.target_port, 1)],
+                )],
+                ..Default::default()
+            }),
+            circuit_breakers: Some(unlimited(None)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Used by tests of DestinationRule merging.
+#[cfg(test)]
+pub(super) fn policy_tls_mode(
+    dr: &mesh::networking::DestinationRule,
+    subset: Option<&str>,
+    port: u32,
+) -> Option<ClientTlsMode> {
+    let base = Policy::default().apply(dr.traffic_policy.as_ref(), port);
+    let p = match subset.and_then(|s| dr.subsets.iter().find(|x| x.name == s)) {
+        Some(s) => base.apply(s.traffic_policy.as_ref(), port),
+        None => base,
+    };
+    p.tls.map(|t| t.mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh::networking::DestinationRule;
+
+    use super::*;
+
+    #[test]
+    fn subset_and_port_policies_override_the_top_level() {
+        let dr: DestinationRule = serde_yaml_ng::from_str(
+            "host: reviews
+trafficPolicy:
+  tls: {mode: ISTIO_MUTUAL}
+  portLevelSettings:
+  - port: {number: 9443}
+    tls: {mode: SIMPLE}
+subsets:
+- name: legacy
+  labels: {version: v0}
+  trafficPolicy: {tls: {mode: DISABLE}}
+- name: v1
+  labels: {version: v1}
+",
+        )
+        .unwrap();
+        assert_eq!(policy_tls_mode(&dr, None, 9080), Some(ClientTlsMode::IstioMutual));
+        assert_eq!(policy_tls_mode(&dr, None, 9443), Some(ClientTlsMode::Simple));
+        assert_eq!(policy_tls_mode(&dr, Some("legacy"), 9080), Some(ClientTlsMode::Disable));
+        assert_eq!(policy_tls_mode(&dr, Some("v1"), 9080), Some(ClientTlsMode::IstioMutual));
+    }
+}

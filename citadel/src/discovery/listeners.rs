@@ -1,0 +1,404 @@
+//! LDS for a sidecar, in Istio's layout: `virtualOutbound` (15001) and `virtualInbound`
+//! (15006) with original destination, per-port outbound HTTP listeners `0.0.0.0_PORT` using
+//! RDS route `PORT`, `VIP_PORT` listeners for TCP services, and inbound filter chains per port
+//! of the proxy's own workload (mTLS or plaintext, told apart by `tls_inspector`). Sidecar
+//! listeners with `captureMode: NONE` bind their address themselves (no iptables).
+use envoy_types::pb::envoy::config::core::v3::ApiVersion;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, ForwardClientCertDetails, RouteSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
+    ClusterSpecifier as TcpCluster, WeightedCluster, weighted_cluster::ClusterWeight,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+use mesh::networking::{CaptureMode, OutboundMode, Sidecar};
+
+use super::clusters::{BLACKHOLE, PASSTHROUGH, inbound_name, outbound_name};
+use super::routes::fault_filter;
+use super::services::{Protocol, Registry, Service, resolve_host};
+use super::tls::downstream_mtls;
+use super::{Ctx, VirtualServices, address, ads_source, any, duration, u32v};
+
+pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+pub const OUTBOUND_PORT: u32 = 15001;
+pub const INBOUND_PORT: u32 = 15006;
+
+/// A port the proxy's own workload serves, and where the application listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundPort {
+    pub port: u32,
+    pub protocol: Protocol,
+    pub target_host: String,
+    pub target_port: u32,
+    /// Where a `captureMode: NONE` ingress listener binds (no redirect).
+    pub bind: Option<String>,
+}
+
+/// The ports of the proxy's workload: every service port of which one of its IPs is an
+/// endpoint, overridden by its Sidecar's ingress listeners.
+pub fn inbound_ports(
+    ctx: &Ctx<'_>,
+    registry: &Registry,
+    sidecar: Option<&Sidecar>,
+) -> Vec<InboundPort> {
+    if let Some(sc) = sidecar.filter(|s| !s.ingress.is_empty()) {
+        return sc
+            .ingress
+            .iter()
+            .filter_map(|ing| {
+                let port = ing.port.as_ref()?;
+                let (host, target) = match ing
+                    .default_endpoint
+                    .as_deref()
+                    .and_then(|e| e.rsplit_once(':'))
+                {
+                    Some((h, p)) => (
+                        if h.is_empty() || h == "0.0.0.0" {
+                            "127.0.0.1".to_string()
+                        } else {
+                            h.trim_matches(['[', ']']).to_string()
+                        },
+                        p.parse().unwrap_or(port.number),
+                    ),
+                    None => ("127.0.0.1".to_string(), port.number),
+                };
+                Some(InboundPort {
+                    port: port.number,
+                    protocol: Protocol::parse(&port.protocol),
+                    target_host: host,
+                    target_port: target,
+                    bind: (ing.capture_mode == CaptureMode::None)
+                        .then(|| ing.bind.clone().unwrap_or_else(|| "0.0.0.0".into())),
+                })
+            })
+            .collect();
+    }
+    let ips: Vec<String> = ctx.proxy.ips.iter().map(ToString::to_string).collect();
+    let mut ports: Vec<InboundPort> = Vec::new();
+    for s in &registry.services {
+        for e in s.endpoints.iter().filter(|e| ips.contains(&e.address)) {
+            for p in &s.ports {
+                let target = e.port_for(p);
+                if !ports.iter().any(|x| x.port == target) {
+                    ports.push(InboundPort {
+                        port: target,
+                        protocol: p.protocol,
+                        target_host: "127.0.0.1".into(),
+                        target_port: target,
+                        bind: None,
+                    });
+                }
+            }
+        }
+    }
+    ports.sort_by_key(|p| p.port);
+    ports
+}
+
+fn filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Filter {
+    Filter {
+        name: name.into(),
+        config_type: Some(FilterConfig::TypedConfig(config)),
+    }
+}
+
+fn tcp_proxy(stat: &str, clusters: &[(String, u32)]) -> Filter {
+    let spec = match clusters {
+        [(only, _)] => TcpCluster::Cluster(only.clone()),
+        many => TcpCluster::WeightedClusters(WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|(name, w)| ClusterWeight {
+                    name: name.clone(),
+                    weight: (*w).max(1),
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    };
+    filter(
+        "envoy.filters.network.tcp_proxy",
+        any(&TcpProxy {
+            stat_prefix: stat.into(),
+            cluster_specifier: Some(spec),
+            ..Default::default()
+        }),
+    )
+}
+
+fn http_filters() -> Vec<HttpFilter> {
+    let fault = fault_filter();
+    vec![
+        HttpFilter {
+            name: fault.name,
+            config_type: fault.typed_config.map(HttpFilterConfig::TypedConfig),
+            ..Default::default()
+        },
+        HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        },
+    ]
+}
+
+fn hcm(stat: &str, routes: RouteSpecifier, inbound: bool) -> Filter {
+    let mut m = HttpConnectionManager {
+        stat_prefix: stat.into(),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(routes),
+        http_filters: http_filters(),
+        ..Default::default()
+    };
+    if inbound {
+        // The application sees who called (Istio's X-Forwarded-Client-Cert).
+        m.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
+        m.set_current_client_cert_details = Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::SetCurrentClientCertDetails {
+            uri: true,
+            ..Default::default()
+        });
+    }
+    filter("envoy.filters.network.http_connection_manager", any(&m))
+}
+
+fn rds(port: u32) -> RouteSpecifier {
+    RouteSpecifier::Rds(Rds {
+        config_source: Some(ads_source()),
+        route_config_name: port.to_string(),
+    })
+}
+
+fn listener(name: &str, host: &str, port: u32, bind: bool) -> Listener {
+    Listener {
+        name: name.into(),
+        address: Some(address(host, port)),
+        bind_to_port: (!bind).then_some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+pub fn build(
+    ctx: &Ctx<'_>,
+    registry: &Registry,
+    services: &[&Service],
+    vss: &VirtualServices<'_>,
+    inbound: &[InboundPort],
+    sidecar: Option<&Sidecar>,
+) -> Vec<Listener> {
+    let mut out = vec![virtual_outbound(ctx), virtual_inbound(inbound)];
+    // Rootless capture: Sidecar egress listeners with captureMode NONE bind their address.
+    let explicit_egress: Vec<(String, u32)> = sidecar
+        .map(|sc| {
+            sc.egress
+                .iter()
+                .filter(|e| e.capture_mode == CaptureMode::None)
+                .filter_map(|e| {
+                    Some((
+                        e.bind.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                        e.port.as_ref()?.number,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for port in super::routes::ports_with_http(services) {
+        let (host, bind) = match explicit_egress.iter().find(|(_, p)| *p == port) {
+            Some((h, _)) => (h.clone(), true),
+            None => ("0.0.0.0".to_string(), false),
+        };
+        let mut l = listener(&format!("{host}_{port}"), &host, port, bind);
+        l.filter_chains = vec![FilterChain {
+            filters: vec![hcm(&format!("outbound_{host}_{port}"), rds(port), false)],
+            ..Default::default()
+        }];
+        out.push(l);
+    }
+    for s in services {
+        for p in s.ports.iter().filter(|p| !p.protocol.is_http()) {
+            let clusters = tcp_clusters(registry, s, p.number, vss);
+            for vip in s.addresses.iter().filter(|a| !a.contains('/')) {
+                let mut l = listener(&format!("{vip}_{}", p.number), vip, p.number, false);
+                l.filter_chains = vec![FilterChain {
+                    filters: vec![tcp_proxy(
+                        &format!("outbound|{}||{}", p.number, s.hostname),
+                        &clusters,
+                    )],
+                    ..Default::default()
+                }];
+                out.push(l);
+            }
+        }
+    }
+    out.extend(inbound.iter().filter(|p| p.bind.is_some()).map(|p| {
+        let bind = p.bind.clone().unwrap_or_default();
+        let mut l = listener(&format!("inbound_{bind}_{}", p.port), &bind, p.port, true);
+        l.filter_chains = inbound_chains(p);
+        l.listener_filters = vec![tls_inspector()];
+        l
+    }));
+    out
+}
+
+/// The VirtualService TCP route for a service port, or the service itself.
+fn tcp_clusters(
+    registry: &Registry,
+    s: &Service,
+    port: u32,
+    vss: &VirtualServices<'_>,
+) -> Vec<(String, u32)> {
+    let routed = vss
+        .iter()
+        .find(|(hosts, _, _)| {
+            hosts
+                .iter()
+                .any(|h| super::services::host_matches(h, &s.hostname))
+        })
+        .and_then(|(_, o, vs)| {
+            let ns = o.metadata.namespace();
+            let tcp = vs.tcp.iter().find(|t| {
+                t.matches.is_empty() || t.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
+            })?;
+            Some(
+                tcp.route
+                    .iter()
+                    .map(|d| {
+                        let host = resolve_host(&d.destination.host, ns);
+                        let dest_port = d.destination.port.map(|p| p.number).unwrap_or(port);
+                        let _ = registry;
+                        (
+                            outbound_name(
+                                dest_port,
+                                d.destination.subset.as_deref().unwrap_or(""),
+                                &host,
+                            ),
+                            d.weight.max(0) as u32,
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        });
+    routed
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| vec![(outbound_name(port, "", &s.hostname), 1)])
+}
+
+fn virtual_outbound(ctx: &Ctx<'_>) -> Listener {
+    let fallback = match ctx.outbound_mode() {
+        OutboundMode::AllowAny => PASSTHROUGH,
+        OutboundMode::RegistryOnly => BLACKHOLE,
+    };
+    let mut l = listener(VIRTUAL_OUTBOUND, "0.0.0.0", OUTBOUND_PORT, true);
+    l.use_original_dst = Some(BoolValue { value: true });
+    l.default_filter_chain = Some(FilterChain {
+        name: fallback.into(),
+        filters: vec![tcp_proxy(fallback, &[(fallback.into(), 1)])],
+        ..Default::default()
+    });
+    l
+}
+
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(any(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// Two chains per port: mTLS (ALPN/TLS detected) and plaintext, Istio's PERMISSIVE default.
+/// Their names carry the mode, so per-chain stats tell them apart.
+fn inbound_chains(p: &InboundPort) -> Vec<FilterChain> {
+    let cluster = inbound_name(p.port);
+    let terminal = |tls: bool| {
+        let stat = format!(
+            "inbound_{}_{}",
+            p.port,
+            if tls { "mtls" } else { "plaintext" }
+        );
+        if p.protocol.is_http() {
+            let routes = RouteConfiguration {
+                name: format!("inbound|{}||", p.port),
+                virtual_hosts: vec![VirtualHost {
+                    name: format!("inbound|http|{}", p.port),
+                    domains: vec!["*".into()],
+                    routes: vec![Route {
+                        name: "default".into(),
+                        r#match: Some(RouteMatch {
+                            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                            ..Default::default()
+                        }),
+                        action: Some(Action::Route(RouteAction {
+                            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
+                            timeout: Some(duration(std::time::Duration::ZERO)),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            hcm(&stat, RouteSpecifier::RouteConfig(routes), true)
+        } else {
+            tcp_proxy(&stat, &[(cluster.clone(), 1)])
+        }
+    };
+    vec![
+        FilterChain {
+            name: format!("inbound_0.0.0.0_{}_mtls", p.port),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: u32v(p.port),
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            }),
+            transport_socket: Some(downstream_mtls()),
+            filters: vec![terminal(true)],
+            ..Default::default()
+        },
+        FilterChain {
+            name: format!("inbound_0.0.0.0_{}_plaintext", p.port),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port: u32v(p.port),
+                transport_protocol: "raw_buffer".into(),
+                ..Default::default()
+            }),
+            filters: vec![terminal(false)],
+            ..Default::default()
+        },
+    ]
+}
+
+fn virtual_inbound(ports: &[InboundPort]) -> Listener {
+    let mut l = listener(VIRTUAL_INBOUND, "0.0.0.0", INBOUND_PORT, true);
+    l.use_original_dst = Some(BoolValue { value: true });
+    l.listener_filters = vec![tls_inspector()];
+    l.filter_chains = ports
+        .iter()
+        .filter(|p| p.bind.is_none())
+        .flat_map(inbound_chains)
+        .collect();
+    l.default_filter_chain = Some(FilterChain {
+        name: "inbound_passthrough".into(),
+        filters: vec![tcp_proxy(PASSTHROUGH, &[(PASSTHROUGH.into(), 1)])],
+        ..Default::default()
+    });
+    let _ = ApiVersion::V3;
+    l
+}

@@ -1,0 +1,139 @@
+//! The discovery server's translation, Istio's Pilot in miniature: one configuration snapshot
+//! and one proxy in, that proxy's Envoy resources out (CDS, EDS, LDS, RDS), named as Istio names
+//! them so Istio users' tooling and habits carry over. Pure: no I/O, no clock.
+pub mod clusters;
+pub mod listeners;
+pub mod proxy;
+pub mod routes;
+pub mod services;
+pub mod tls;
+
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, Pipe, SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use mesh::networking::{OutboundMode, VirtualService};
+use mesh::{Config, Object};
+
+use self::proxy::Proxy;
+use self::services::{Registry, mesh_virtual_services, sidecar_for};
+
+/// Packs a message as an `Any` of its own type.
+pub fn any<M: prost::Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: prost::Message::encode_to_vec(m),
+    }
+}
+
+pub fn duration(d: std::time::Duration) -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+pub fn u32v(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
+}
+
+/// A socket address, or a Unix socket for `unix://` addresses.
+pub fn address(host: &str, port: u32) -> Address {
+    if let Some(path) = host.strip_prefix("unix://") {
+        return Address {
+            address: Some(AddressKind::Pipe(Pipe {
+                path: path.into(),
+                mode: 0,
+            })),
+        };
+    }
+    let host = host
+        .parse::<IpAddr>()
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|_| host.to_string());
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: host,
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Resources referring to each other come over the same ADS stream.
+pub fn ads_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
+}
+
+/// VirtualServices bound to the mesh, with hosts resolved.
+pub type VirtualServices<'a> = Vec<(Vec<String>, &'a Object, &'a VirtualService)>;
+
+/// What translation reads for one proxy.
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub proxy: &'a Proxy,
+    sidecar: Option<&'a mesh::networking::Sidecar>,
+}
+
+impl Ctx<'_> {
+    /// The proxy's Sidecar outbound policy, else the mesh's.
+    pub fn outbound_mode(&self) -> OutboundMode {
+        self.sidecar
+            .and_then(|s| s.outbound_traffic_policy.as_ref())
+            .map(|p| p.mode)
+            .unwrap_or(self.config.mesh.outbound_traffic_policy)
+    }
+}
+
+/// One proxy's resources, by type.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ProxyResources {
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
+}
+
+/// Translates `config` for `proxy`, building the service registry first.
+pub fn generate(config: &Config, proxy: &Proxy) -> ProxyResources {
+    generate_with(config, &Registry::build(config), proxy)
+}
+
+/// Translates with a registry built once per snapshot and shared by every proxy.
+pub fn generate_with(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyResources {
+    let sidecar = sidecar_for(config, proxy);
+    let ctx = Ctx {
+        config,
+        proxy,
+        sidecar,
+    };
+    let services = registry.visible_to(proxy, sidecar);
+    let vss = mesh_virtual_services(config, &proxy.namespace);
+    let inbound = listeners::inbound_ports(&ctx, registry, sidecar);
+    let mut built = clusters::build(&ctx, &services);
+    built.clusters.extend(clusters::inbound(&ctx, &inbound));
+    let listeners = listeners::build(&ctx, registry, &services, &vss, &inbound, sidecar);
+    let routes = routes::ports_with_http(&services)
+        .into_iter()
+        .map(|port| routes::outbound(&ctx, registry, port, &services, &vss))
+        .collect();
+    ProxyResources {
+        clusters: built.clusters,
+        endpoints: built.endpoints,
+        listeners,
+        routes,
+    }
+}

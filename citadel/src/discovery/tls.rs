@@ -1,0 +1,108 @@
+//! TLS contexts with the SDS naming contract shared with the node agent: the proxy's own
+//! certificate is `default` and the trust bundle `ROOTCA`, both fetched from the agent's SDS
+//! (the bootstrap's `sds-grpc` cluster). Upstream contexts check the server's SPIFFE ID.
+use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSpecifier};
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiConfigSource, ApiVersion, ConfigSource, GrpcService, TransportSocket,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CombinedCertificateValidationContext, ValidationContextType,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
+    UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::google::protobuf::{BoolValue, Duration};
+use sds::names::{DEFAULT, ROOTCA, SDS_CLUSTER, secret_config};
+
+use super::any;
+
+/// Where secrets come from: the node agent's SDS over the bootstrap's `sds-grpc` cluster,
+/// waiting for the first answer as long as it takes (Istio sets 0 too).
+pub fn agent_sds() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        initial_fetch_timeout: Some(Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
+        config_source_specifier: Some(ConfigSourceSpecifier::ApiConfigSource(ApiConfigSource {
+            api_type: ApiType::Grpc as i32,
+            transport_api_version: ApiVersion::V3 as i32,
+            set_node_on_first_message_only: true,
+            grpc_services: vec![GrpcService {
+                target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                    cluster_name: SDS_CLUSTER.into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn common(sans: &[String], alpn: &[&str]) -> CommonTlsContext {
+    let matchers = sans
+        .iter()
+        .map(|san| SubjectAltNameMatcher {
+            san_type: SanType::Uri as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(san.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![secret_config(DEFAULT, agent_sds())],
+        validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+            CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    match_typed_subject_alt_names: matchers,
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(secret_config(ROOTCA, agent_sds())),
+                ..Default::default()
+            },
+        )),
+        alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// mTLS to a mesh destination: our `default` certificate, `ROOTCA`, and the server must present
+/// one of `sans` (the destination's SPIFFE IDs; any SPIFFE ID of the bundle when empty).
+pub fn upstream_mtls(sni: &str, sans: &[String], http2: bool) -> TransportSocket {
+    let alpn: &[&str] = if http2 { &["h2", "istio"] } else { &["istio"] };
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(common(sans, alpn)),
+        sni: sni.to_string(),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+/// mTLS termination on inbound: our `default` certificate, and a client certificate from the
+/// trust bundle is required.
+pub fn downstream_mtls() -> TransportSocket {
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(common(&[], &["h2", "http/1.1"])),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&ctx))),
+    }
+}

@@ -1,0 +1,494 @@
+//! Translation of Istio's Bookinfo configuration (Istio's own sample files, unchanged) for a
+//! sidecar: the resources carry Istio's names and the configured routing, and a real Envoy
+//! accepts every one of them (`envoy --mode validate` on a static bootstrap built from them,
+//! since validate mode does not fetch xDS).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use citadel::discovery::proxy::Proxy;
+use citadel::discovery::{ProxyResources, generate};
+use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::StaticResources;
+use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use prost::Message;
+
+fn istio_sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mesh/tests/data/istio")
+        .join(name)
+}
+
+/// Bookinfo's services as ServiceEntries (file mode has no Kubernetes Services) and one
+/// WorkloadEntry per version, on 198.18.0.0/15 addresses.
+const SERVICES: &str = "
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  addresses: [198.19.0.3]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 198.18.0.31, labels: {app: ratings, version: v1}, serviceAccount: bookinfo-ratings}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo}
+spec:
+  hosts: [tcp-echo.default.svc.cluster.local]
+  addresses: [198.19.0.9]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{address: 198.18.0.41, labels: {app: tcp-echo, version: v1}}, {address: 198.18.0.42, labels: {app: tcp-echo, version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin-ext}
+spec:
+  hosts: [httpbin.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1}
+spec: {address: 198.18.0.21, labels: {app: reviews, version: v1}, serviceAccount: bookinfo-reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2}
+spec: {address: 198.18.0.22, labels: {app: reviews, version: v2}, serviceAccount: bookinfo-reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v3}
+spec: {address: 198.18.0.23, labels: {app: reviews, version: v3}, serviceAccount: bookinfo-reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+";
+
+fn config_dir(samples: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("services.yaml"), SERVICES).unwrap();
+    for s in samples {
+        std::fs::copy(istio_sample(s), dir.path().join(s)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn sidecar(ip: &str, ns: &str, sa: &str, labels: &[(&str, &str)]) -> Node {
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    let labels = Struct {
+        fields: labels.iter().map(|(k, v)| (k.to_string(), s(v))).collect(),
+    };
+    Node {
+        id: format!("sidecar~{ip}~pod.{ns}~{ns}.svc.cluster.local"),
+        cluster: format!("pod.{ns}"),
+        metadata: Some(Struct {
+            fields: [
+                ("NAMESPACE".to_string(), s(ns)),
+                ("SERVICE_ACCOUNT".to_string(), s(sa)),
+                (
+                    "LABELS".to_string(),
+                    Value {
+                        kind: Some(Kind::StructValue(labels)),
+                    },
+                ),
+            ]
+            .into(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn cluster<'a>(r: &'a ProxyResources, name: &str) -> &'a Cluster {
+    r.clusters
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("cluster {name}"))
+}
+
+fn reviews_route_action(r: &ProxyResources) -> Vec<(Option<String>, ClusterSpecifier)> {
+    let rc = r
+        .routes
+        .iter()
+        .find(|rc| rc.name == "9080")
+        .expect("route config 9080");
+    let vh = rc
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "reviews.default.svc.cluster.local:9080")
+        .expect("reviews vhost");
+    assert!(
+        vh.domains.contains(&"reviews".to_string())
+            && vh.domains.contains(&"reviews:9080".to_string())
+    );
+    vh.routes
+        .iter()
+        .map(|route| {
+            let header = route
+                .r#match
+                .as_ref()
+                .unwrap()
+                .headers
+                .first()
+                .map(|h| h.name.clone());
+            let Some(Action::Route(a)) = &route.action else {
+                panic!("a route action")
+            };
+            (header, a.cluster_specifier.clone().unwrap())
+        })
+        .collect()
+}
+
+/// Every resource, as a static bootstrap Envoy validates: RDS inlined into its listeners, EDS
+/// into its clusters, and the agent's SDS cluster defined first.
+fn static_bootstrap(r: &ProxyResources, node: Node) -> Bootstrap {
+    let routes: std::collections::HashMap<&str, &RouteConfiguration> =
+        r.routes.iter().map(|rc| (rc.name.as_str(), rc)).collect();
+    let listeners: Vec<Listener> = r
+        .listeners
+        .iter()
+        .cloned()
+        .map(|mut l| {
+            for chain in &mut l.filter_chains {
+                for f in &mut chain.filters {
+                    let Some(ConfigType::TypedConfig(any)) = &mut f.config_type else {
+                        continue;
+                    };
+                    if !any.type_url.ends_with("HttpConnectionManager") {
+                        continue;
+                    }
+                    let mut hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+                    if let Some(RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
+                        hcm.route_specifier = Some(RouteSpecifier::RouteConfig(
+                            (*routes[rds.route_config_name.as_str()]).clone(),
+                        ));
+                    }
+                    any.value = hcm.encode_to_vec();
+                }
+            }
+            l
+        })
+        .collect();
+    let mut clusters = vec![Cluster {
+        name: "sds-grpc".into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        load_assignment: Some(envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+            cluster_name: "sds-grpc".into(),
+            endpoints: vec![envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints {
+                lb_endpoints: vec![envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint {
+                    host_identifier: Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(
+                        envoy_types::pb::envoy::config::endpoint::v3::Endpoint {
+                            address: Some(citadel::discovery::address("unix:///tmp/citadel-validate-sds.sock", 0)),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+            citadel::discovery::any(&envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions {
+                upstream_protocol_options: Some(envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(Default::default())),
+                    },
+                )),
+                ..Default::default()
+            }),
+        )]
+        .into(),
+        ..Default::default()
+    }];
+    for c in &r.clusters {
+        let mut c = c.clone();
+        if c.eds_cluster_config.is_some() {
+            c.eds_cluster_config = None;
+            c.cluster_discovery_type =
+                Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+            c.load_assignment = r
+                .endpoints
+                .iter()
+                .find(|e| e.cluster_name == c.name)
+                .cloned();
+        }
+        clusters.push(c);
+    }
+    Bootstrap {
+        node: Some(node),
+        admin: Some(Admin {
+            address: Some(citadel::discovery::address("127.0.0.1", 0)),
+            ..Default::default()
+        }),
+        static_resources: Some(StaticResources {
+            listeners,
+            clusters,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn envoy_validates(bootstrap: &Bootstrap) {
+    let (ok, text) = envoy_validate(bootstrap);
+    assert!(ok, "envoy --mode validate refused the resources:\n{text}");
+}
+
+fn envoy_validate(bootstrap: &Bootstrap) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bootstrap.pb");
+    std::fs::write(&file, bootstrap.encode_to_vec()).unwrap();
+    let out = Command::new(testkit::envoy_binary())
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && text.contains("OK"), text)
+}
+
+#[test]
+fn bookinfo_translates_with_istios_names_and_envoy_accepts_it() {
+    let dir = config_dir(&[
+        "destination-rule-all.yaml",
+        "virtual-service-reviews-90-10.yaml",
+        "virtual-service-ratings-test-abort.yaml",
+        "tcp-echo-20-v2.yaml",
+    ]);
+    // tcp-echo-20-v2 binds its VirtualService to a gateway; copy only the mesh-relevant object.
+    let tcp = std::fs::read_to_string(dir.path().join("tcp-echo-20-v2.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("tcp-echo-20-v2.yaml"),
+        tcp.replace(
+            "  hosts:\n  - \"*\"\n  gateways:\n  - tcp-echo-gateway\n",
+            "  hosts:\n  - tcp-echo\n",
+        ),
+    )
+    .unwrap();
+    let loaded = mesh::load_dir(dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+    let node = sidecar(
+        "198.18.0.21",
+        "default",
+        "bookinfo-reviews",
+        &[("app", "reviews"), ("version", "v1")],
+    );
+    let proxy = Proxy::from_node(&node).unwrap();
+    let r = generate(&loaded.config, &proxy);
+
+    // Istio's cluster names; subsets from Istio's destination-rule-all.yaml.
+    for name in [
+        "outbound|9080||reviews.default.svc.cluster.local",
+        "outbound|9080|v1|reviews.default.svc.cluster.local",
+        "outbound|9080|v3|reviews.default.svc.cluster.local",
+        "outbound|9000|v2|tcp-echo.default.svc.cluster.local",
+        "outbound|80||httpbin.example.com",
+        "inbound|9080||",
+        "PassthroughCluster",
+        "BlackHoleCluster",
+    ] {
+        cluster(&r, name);
+    }
+    // Subset endpoints only, mTLS to mesh-internal services with their SPIFFE ID, none to external.
+    let v2 = r
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == "outbound|9080|v2|reviews.default.svc.cluster.local")
+        .unwrap();
+    assert_eq!(
+        v2.endpoints
+            .iter()
+            .map(|l| l.lb_endpoints.len())
+            .sum::<usize>(),
+        1
+    );
+    let tls = cluster(&r, "outbound|9080|v1|reviews.default.svc.cluster.local")
+        .transport_socket
+        .as_ref()
+        .expect("mTLS");
+    let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+        any,
+    )) = &tls.config_type
+    else {
+        panic!()
+    };
+    let ctx =
+        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::decode(
+            any.value.as_slice(),
+        )
+        .unwrap();
+    assert_eq!(
+        ctx.sni,
+        "outbound_.9080_.v1_.reviews.default.svc.cluster.local"
+    );
+    assert!(
+        format!("{:?}", ctx.common_tls_context)
+            .contains("spiffe://cluster.local/ns/default/sa/bookinfo-reviews")
+    );
+    assert!(
+        cluster(&r, "outbound|80||httpbin.example.com")
+            .transport_socket
+            .is_none()
+    );
+
+    // The 90/10 split of Istio's sample, to subsets v1 and v2.
+    let actions = reviews_route_action(&r);
+    let ClusterSpecifier::WeightedClusters(w) = &actions[0].1 else {
+        panic!("weighted: {actions:?}")
+    };
+    let split: Vec<(String, u32)> = w
+        .clusters
+        .iter()
+        .map(|c| (c.name.clone(), c.weight.unwrap().value))
+        .collect();
+    assert_eq!(
+        split,
+        [
+            (
+                "outbound|9080|v1|reviews.default.svc.cluster.local".to_string(),
+                90
+            ),
+            (
+                "outbound|9080|v2|reviews.default.svc.cluster.local".to_string(),
+                10
+            )
+        ]
+    );
+    // Listeners in Istio's layout; REGISTRY_ONLY sends unknown destinations to the black hole.
+    let names: Vec<&str> = r.listeners.iter().map(|l| l.name.as_str()).collect();
+    for expected in [
+        "virtualOutbound",
+        "virtualInbound",
+        "0.0.0.0_9080",
+        "198.19.0.9_9000",
+    ] {
+        assert!(names.contains(&expected), "{names:?}");
+    }
+    let outbound = r
+        .listeners
+        .iter()
+        .find(|l| l.name == "virtualOutbound")
+        .unwrap();
+    assert_eq!(
+        outbound.default_filter_chain.as_ref().unwrap().name,
+        "BlackHoleCluster"
+    );
+
+    let good = static_bootstrap(&r, node);
+    envoy_validates(&good);
+    // The check has teeth: a broken resource set is refused.
+    let mut broken = good.clone();
+    let resources = broken.static_resources.as_mut().unwrap();
+    let chain = resources.listeners[0]
+        .default_filter_chain
+        .as_mut()
+        .unwrap();
+    let Some(ConfigType::TypedConfig(any)) = &mut chain.filters[0].config_type else {
+        panic!()
+    };
+    any.type_url = "type.googleapis.com/no.such.Filter".into();
+    let (ok, text) = envoy_validate(&broken);
+    assert!(!ok && text.contains("no.such.Filter"), "{text}");
+}
+
+#[test]
+fn header_routing_and_circuit_breaking_translate_and_validate() {
+    let dir = config_dir(&[
+        "destination-rule-all.yaml",
+        "virtual-service-reviews-jason-v2-v3.yaml",
+    ]);
+    let loaded = mesh::load_dir(dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+    let node = sidecar(
+        "198.18.0.10",
+        "default",
+        "bookinfo-productpage",
+        &[("app", "productpage")],
+    );
+    let r = generate(&loaded.config, &Proxy::from_node(&node).unwrap());
+    let actions = reviews_route_action(&r);
+    assert_eq!(
+        actions[0],
+        (
+            Some("end-user".to_string()),
+            ClusterSpecifier::Cluster("outbound|9080|v2|reviews.default.svc.cluster.local".into())
+        )
+    );
+    assert_eq!(
+        actions[1],
+        (
+            None,
+            ClusterSpecifier::Cluster("outbound|9080|v3|reviews.default.svc.cluster.local".into())
+        )
+    );
+    envoy_validates(&static_bootstrap(&r, node.clone()));
+
+    // Istio's circuit-breaking task: maxConnections 1, http1MaxPendingRequests 1, ejection.
+    let cb = std::fs::read_to_string(istio_sample("circuit-breaking-httpbin-dr.yaml")).unwrap();
+    let services = SERVICES
+        .replace("httpbin.example.com", "httpbin.default.svc.cluster.local")
+        .replace("MESH_EXTERNAL", "MESH_INTERNAL")
+        .replace(
+            "resolution: DNS\n",
+            "resolution: STATIC\n  endpoints: [{address: 198.18.0.51}]\n",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("services.yaml"), services).unwrap();
+    std::fs::write(dir.path().join("cb.yaml"), cb).unwrap();
+    let loaded = mesh::load_dir(dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+    let r = generate(&loaded.config, &Proxy::from_node(&node).unwrap());
+    let c = cluster(&r, "outbound|80||httpbin.default.svc.cluster.local");
+    let t = &c.circuit_breakers.as_ref().unwrap().thresholds[0];
+    assert_eq!(
+        (
+            t.max_connections.unwrap().value,
+            t.max_pending_requests.unwrap().value
+        ),
+        (1, 1)
+    );
+    let od = c.outlier_detection.as_ref().unwrap();
+    assert_eq!(od.consecutive_5xx.unwrap().value, 1);
+    assert_eq!(od.base_ejection_time.unwrap().seconds, 180);
+    envoy_validates(&static_bootstrap(&r, node));
+}
