@@ -95,6 +95,10 @@ fn duration(s: &str) -> Result<Duration, String> {
 pub struct ServeArgs {
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
+    /// A directory of Istio manifests (ServiceEntry, WorkloadEntry, VirtualService,
+    /// DestinationRule, Sidecar; `mesh.yaml` for mesh settings), watched and served over ADS.
+    #[arg(long)]
+    pub config_dir: Option<PathBuf>,
     /// Address of the TLS gRPC API.
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub listen: SocketAddr,
@@ -275,6 +279,7 @@ async fn run_serve(data_dir: &Path, args: ServeArgs) -> anyhow::Result<()> {
         },
         server_sans: args.sans,
         server_cert_ttl: Duration::from_secs(24 * 3600),
+        config_dir: args.config_dir,
         limits: Limits {
             max_concurrent_streams: args.max_concurrent_streams,
             max_handshakes: args.max_concurrent_handshakes,

@@ -19,3 +19,4 @@ pub mod storage;
 pub mod store;
 pub mod tls_server;
 pub mod validate;
+pub mod xds;

@@ -27,6 +27,11 @@ pub struct StreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    pub type_url: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -52,6 +57,10 @@ pub struct Metrics {
     pub config_objects: Gauge,
     /// Errors in the last rejected load (0 when the last load was applied).
     pub config_errors: Gauge,
+    /// Configuration proxies rejected (NACKs), by resource type.
+    pub xds_rejects: Family<TypeLabels, Counter>,
+    /// Open ADS streams.
+    pub xds_streams: Gauge,
 }
 
 impl Default for Metrics {
@@ -130,8 +139,18 @@ impl Metrics {
             "Errors in the last rejected config load (0 once a load is applied)",
             config_errors.clone(),
         );
+        let xds_rejects = Family::<TypeLabels, Counter>::default();
+        let xds_streams = Gauge::default();
+        registry.register(
+            "xds_rejects",
+            "Configuration rejected by proxies (NACKs), by resource type",
+            xds_rejects.clone(),
+        );
+        registry.register("xds_streams", "Open ADS streams", xds_streams.clone());
         Self {
             registry,
+            xds_rejects,
+            xds_streams,
             config_loads,
             config_objects,
             config_errors,

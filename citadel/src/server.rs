@@ -44,6 +44,8 @@ pub struct ServeConfig {
     /// Lifetime of citadel's own serving certificate.
     pub server_cert_ttl: Duration,
     pub limits: Limits,
+    /// The watched directory of Istio manifests served over ADS; `None` serves an empty mesh.
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Bounds on what one client can make citadel hold.
@@ -87,6 +89,15 @@ pub enum ServeError {
     ServerCert(String),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config_store::StoreError),
+}
+
+/// Bytes that differ between citadel processes, so xDS versions are never reused.
+fn rng_instance(rng: &dyn RandomSource) -> Vec<u8> {
+    let mut bytes = vec![0u8; 16];
+    rng.fill(&mut bytes);
+    bytes
 }
 
 /// The admin socket path for a data directory.
@@ -154,6 +165,29 @@ pub async fn serve(
         ttl: config.ttl.clone(),
     };
 
+    // The mesh configuration: loaded (and refused if invalid) before anything listens.
+    let (config_rx, _config_watch) = match &config.config_dir {
+        Some(dir) => {
+            let store = crate::config_store::DirStore::open(dir, metrics.clone())?;
+            let guard = store.watch()?;
+            tracing::info!(dir = %dir.display(), "serving the mesh configuration of this directory over ADS");
+            (
+                crate::config_store::ConfigStore::subscribe(store.as_ref()),
+                Some(guard),
+            )
+        }
+        None => (
+            watch::channel(Arc::new(crate::config_store::Snapshot::default())).1,
+            None,
+        ),
+    };
+    let ads = crate::xds::Ads {
+        service: Arc::new(service.clone()),
+        config: crate::xds::prepare(config_rx),
+        versions: Arc::new(sds::VersionSource::new(&rng_instance(&*service.rng))),
+        metrics: metrics.clone(),
+    };
+
     let grpc_listener = bind_tcp(config.listen).await?;
     let grpc_addr = grpc_listener
         .local_addr()
@@ -194,6 +228,7 @@ pub async fn serve(
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .add_service(node)
         .add_service(istio)
+        .add_service(sds::grpc::AdsService::new(Arc::new(ads)))
         .serve_with_incoming_shutdown(
             crate::tls_server::tls_incoming(
                 grpc_listener,

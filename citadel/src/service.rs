@@ -296,6 +296,40 @@ impl CaService {
         Ok(node.to_string())
     }
 
+    /// Whether the caller may receive xDS as the proxy of `namespace`/`service_account`: only
+    /// with an unexpired SVID of exactly that identity, as istiod checks a proxy's metadata
+    /// against its certificate.
+    pub fn authorize_proxy(
+        &self,
+        ctx: &RequestContext,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<(), CaError> {
+        let expected = format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            self.authority.trust_domain()
+        );
+        let result = match &ctx.caller {
+            Caller::Anonymous => Err(CaError::Unauthenticated(
+                "xDS needs the proxy's SVID (mTLS)".into(),
+            )),
+            Caller::Svid(peer) if peer.not_after <= self.clock.now() => {
+                Err(CaError::Unauthenticated("client SVID has expired".into()))
+            }
+            Caller::Svid(peer) if peer.id.to_string() != expected => {
+                Err(CaError::PermissionDenied(format!(
+                    "{} may not receive the configuration of {expected} (node metadata                      NAMESPACE/SERVICE_ACCOUNT must match the proxy's SVID)",
+                    peer.id
+                )))
+            }
+            Caller::Svid(_) => Ok(()),
+        };
+        if let Err(e) = &result {
+            self.metrics.refused(ctx.method, &e.reason());
+        }
+        result
+    }
+
     /// The single authorization decision for every issuance to an authenticated caller.
     pub fn authorize(
         &self,

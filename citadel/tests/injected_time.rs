@@ -39,6 +39,7 @@ async fn token_expiry_and_svid_lifetimes_follow_the_injected_clock() {
         server_sans: vec![],
         server_cert_ttl: Duration::from_secs(86400),
         limits: Default::default(),
+        config_dir: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(

@@ -134,6 +134,7 @@ async fn main() {
         server_sans: vec![],
         server_cert_ttl: Duration::from_secs(86400),
         limits: Default::default(),
+        config_dir: None,
     };
     tokio::spawn(serve(
         config,

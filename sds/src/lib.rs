@@ -9,6 +9,7 @@
 pub mod ads;
 pub mod client;
 pub mod delta;
+pub mod grpc;
 pub mod names;
 pub mod resource;
 pub mod sotw;

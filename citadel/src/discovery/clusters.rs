@@ -279,9 +279,7 @@ fn outlier(cluster: &mut Cluster, o: &IstioOutlier) {
         consecutive_gateway_failure: o
             .consecutive_gateway_errors
             .map(|value| UInt32Value { value }),
-        enforcing_consecutive_gateway_failure: o
-            .consecutive_gateway_errors
-            .and(hundred),
+        enforcing_consecutive_gateway_failure: o.consecutive_gateway_errors.and(hundred),
         consecutive_local_origin_failure: o
             .consecutive_local_origin_failures
             .map(|value| UInt32Value { value }),
@@ -451,9 +449,21 @@ subsets:
 ",
         )
         .unwrap();
-        assert_eq!(policy_tls_mode(&dr, None, 9080), Some(ClientTlsMode::IstioMutual));
-        assert_eq!(policy_tls_mode(&dr, None, 9443), Some(ClientTlsMode::Simple));
-        assert_eq!(policy_tls_mode(&dr, Some("legacy"), 9080), Some(ClientTlsMode::Disable));
-        assert_eq!(policy_tls_mode(&dr, Some("v1"), 9080), Some(ClientTlsMode::IstioMutual));
+        assert_eq!(
+            policy_tls_mode(&dr, None, 9080),
+            Some(ClientTlsMode::IstioMutual)
+        );
+        assert_eq!(
+            policy_tls_mode(&dr, None, 9443),
+            Some(ClientTlsMode::Simple)
+        );
+        assert_eq!(
+            policy_tls_mode(&dr, Some("legacy"), 9080),
+            Some(ClientTlsMode::Disable)
+        );
+        assert_eq!(
+            policy_tls_mode(&dr, Some("v1"), 9080),
+            Some(ClientTlsMode::IstioMutual)
+        );
     }
 }

@@ -28,6 +28,7 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use mesh::networking::{CaptureMode, OutboundMode, Sidecar};
 
 use super::clusters::{BLACKHOLE, PASSTHROUGH, inbound_name, outbound_name};
+use super::proxy::Interception;
 use super::routes::fault_filter;
 use super::services::{Protocol, Registry, Service, resolve_host};
 use super::tls::downstream_mtls;
@@ -200,7 +201,10 @@ pub fn build(
     inbound: &[InboundPort],
     sidecar: Option<&Sidecar>,
 ) -> Vec<Listener> {
-    let mut out = vec![virtual_outbound(ctx), virtual_inbound(inbound)];
+    let mut out = match ctx.proxy.interception {
+        Interception::Redirect => vec![virtual_outbound(ctx), virtual_inbound(inbound)],
+        Interception::None => vec![],
+    };
     // Rootless capture: Sidecar egress listeners with captureMode NONE bind their address.
     let explicit_egress: Vec<(String, u32)> = sidecar
         .map(|sc| {
@@ -219,6 +223,8 @@ pub fn build(
     for port in super::routes::ports_with_http(services) {
         let (host, bind) = match explicit_egress.iter().find(|(_, p)| *p == port) {
             Some((h, _)) => (h.clone(), true),
+            // Without redirection, a listener nobody binds is unreachable.
+            None if ctx.proxy.interception == Interception::None => continue,
             None => ("0.0.0.0".to_string(), false),
         };
         let mut l = listener(&format!("{host}_{port}"), &host, port, bind);
@@ -228,7 +234,10 @@ pub fn build(
         }];
         out.push(l);
     }
-    for s in services {
+    for s in services
+        .iter()
+        .filter(|_| ctx.proxy.interception == Interception::Redirect)
+    {
         for p in s.ports.iter().filter(|p| !p.protocol.is_http()) {
             let clusters = tcp_clusters(registry, s, p.number, vss);
             for vip in s.addresses.iter().filter(|a| !a.contains('/')) {

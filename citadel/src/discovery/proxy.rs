@@ -15,6 +15,16 @@ pub enum ProxyType {
     Router,
 }
 
+/// How traffic reaches the proxy (Istio's `INTERCEPTION_MODE` metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interception {
+    /// iptables redirects to 15001/15006 (istio-init).
+    Redirect,
+    /// No redirection: only listeners that bind their own address (Sidecar `captureMode: NONE`);
+    /// the rootless shape.
+    None,
+}
+
 /// A proxy as the discovery server sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proxy {
@@ -25,6 +35,7 @@ pub struct Proxy {
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
     pub workload_name: String,
+    pub interception: Interception,
 }
 
 /// Why a node cannot be served.
@@ -122,6 +133,16 @@ impl Proxy {
             labels,
             ips,
             workload_name: meta("WORKLOAD_NAME").unwrap_or(pod_name),
+            interception: match meta("INTERCEPTION_MODE").as_deref() {
+                None | Some("REDIRECT") | Some("TPROXY") => Interception::Redirect,
+                Some("NONE") => Interception::None,
+                Some(other) => {
+                    return Err(NodeError::BadMetadata {
+                        field: "INTERCEPTION_MODE",
+                        message: format!("{other:?}: use REDIRECT or NONE"),
+                    });
+                }
+            },
         })
     }
 }

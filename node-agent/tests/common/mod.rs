@@ -49,6 +49,15 @@ pub struct Citadel {
 
 impl Citadel {
     pub async fn start(data_dir: &Path, listen: SocketAddr) -> Self {
+        Self::start_with_config(data_dir, listen, None).await
+    }
+
+    /// citadel serving the Istio manifests of `config_dir` over ADS.
+    pub async fn start_with_config(
+        data_dir: &Path,
+        listen: SocketAddr,
+        config_dir: Option<PathBuf>,
+    ) -> Self {
         let endpoints = citadel::server::endpoints_file(data_dir);
         let _ = std::fs::remove_file(&endpoints);
         let config = ServeConfig {
@@ -68,6 +77,7 @@ impl Citadel {
             server_sans: vec![],
             server_cert_ttl: Duration::from_secs(86400),
             limits: Default::default(),
+            config_dir,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {

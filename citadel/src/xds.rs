@@ -1,0 +1,296 @@
+//! The ADS server: each sidecar's stream is authenticated by its SVID, keyed by its xDS node,
+//! and pushed the resources translation gives it for the configuration in force, in
+//! make-before-break order, only what changed, each resource encoded once per stream version.
+//! A new configuration is translated once (the service registry is shared by every stream); a
+//! NACK is logged with the proxy and the error, counted, and never answered with the same
+//! resource again.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use sds::grpc::{AdsHandler, ResponseStream};
+use sds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use sds::wire::{WireDeltaDiscoveryResponse, WireDiscoveryResponse};
+use sds::{AdsStream, DeltaAdsStream, NamedResource, Resources, VersionSource};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config_store::Snapshot;
+use crate::discovery::proxy::Proxy;
+use crate::discovery::services::Registry;
+use crate::discovery::{ProxyResources, generate_with};
+use crate::metrics::{Metrics, TypeLabels};
+use crate::service::CaService;
+
+/// A configuration ready to translate: the snapshot and its service registry, built once.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub snapshot: Arc<Snapshot>,
+    pub registry: Registry,
+}
+
+/// Keeps a [`Prepared`] for every snapshot the store publishes.
+pub fn prepare(mut store: watch::Receiver<Arc<Snapshot>>) -> watch::Receiver<Arc<Prepared>> {
+    let first = store.borrow_and_update().clone();
+    let (tx, rx) = watch::channel(Arc::new(Prepared {
+        registry: Registry::build(&first.config),
+        snapshot: first,
+    }));
+    tokio::spawn(async move {
+        while store.changed().await.is_ok() {
+            let snapshot = store.borrow_and_update().clone();
+            let registry = Registry::build(&snapshot.config);
+            if tx.send(Arc::new(Prepared { snapshot, registry })).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// One proxy's resources by type URL, each encoded once and versioned by its content.
+type Typed = HashMap<&'static str, Resources>;
+
+fn encode(r: ProxyResources, versions: &VersionSource) -> Typed {
+    fn of<M: prost::Name>(
+        items: Vec<M>,
+        name: impl Fn(&M) -> String,
+        versions: &VersionSource,
+    ) -> Resources {
+        items
+            .into_iter()
+            .map(|m| {
+                let n = name(&m);
+                let mut named = NamedResource::of_message(n.clone(), "", &m);
+                named.version = versions.of_content(&named.encoded);
+                (n, named)
+            })
+            .collect()
+    }
+    HashMap::from([
+        (CLUSTER, of(r.clusters, |c| c.name.clone(), versions)),
+        (
+            ENDPOINT,
+            of(r.endpoints, |e| e.cluster_name.clone(), versions),
+        ),
+        (LISTENER, of(r.listeners, |l| l.name.clone(), versions)),
+        (ROUTE, of(r.routes, |rc| rc.name.clone(), versions)),
+    ])
+}
+
+/// The ADS service's state (cheap to clone: every stream task holds one).
+#[derive(Clone)]
+pub struct Ads {
+    pub service: Arc<CaService>,
+    pub config: watch::Receiver<Arc<Prepared>>,
+    pub versions: Arc<VersionSource>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Ads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ads").finish_non_exhaustive()
+    }
+}
+
+impl Ads {
+    /// The proxy a stream's first request names, if its SVID may receive that configuration.
+    fn admit<T>(
+        &self,
+        req: &Request<T>,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    ) -> Result<Proxy, Status> {
+        let node = node.ok_or_else(|| {
+            Status::invalid_argument("the first request on an ADS stream must carry the node")
+        })?;
+        let proxy = Proxy::from_node(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ctx = crate::grpc::context(req, "StreamAggregatedResources");
+        self.service
+            .authorize_proxy(&ctx, &proxy.namespace, &proxy.service_account)?;
+        Ok(proxy)
+    }
+
+    fn translate(&self, proxy: &Proxy, prepared: &Prepared) -> Typed {
+        encode(
+            generate_with(&prepared.snapshot.config, &prepared.registry, proxy),
+            &self.versions,
+        )
+    }
+
+    fn note_nack(&self, proxy: &Proxy, type_url: &str, message: &str) {
+        tracing::warn!(proxy = %proxy.id, type_url, error = message, "proxy rejected configuration (NACK)");
+        self.metrics
+            .xds_rejects
+            .get_or_create(&TypeLabels {
+                type_url: type_url.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Counts an open ADS stream while it lives.
+struct StreamCount(prometheus_client::metrics::gauge::Gauge);
+
+impl StreamCount {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.xds_streams.inc();
+        Self(metrics.xds_streams.clone())
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What wakes a stream: a request, or a new configuration.
+enum Wake<T> {
+    Request(T),
+    Config,
+}
+
+/// The next wake-up; `None` when the client is gone.
+async fn next<T>(
+    inbound: &mut Streaming<T>,
+    config: &mut watch::Receiver<Arc<Prepared>>,
+    closed: &mpsc::Sender<impl Send>,
+) -> Option<Wake<T>> {
+    tokio::select! {
+        msg = inbound.message() => msg.ok().flatten().map(Wake::Request),
+        changed = config.changed() => changed.ok().map(|()| Wake::Config),
+        () = closed.closed() => None,
+    }
+}
+
+/// The two flavours of ADS stream, as the serving loop drives them.
+trait Flavour: Default + Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    fn handle(&mut self, req: &Self::Request) -> Result<(), sds::ProtocolError>;
+    /// The type and message of a NACK.
+    fn nack(req: &Self::Request) -> Option<(&str, &str)>;
+    fn node(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+    fn due(&mut self, current: &Typed, versions: &VersionSource) -> Vec<Self::Response>;
+}
+
+impl Flavour for AdsStream {
+    type Request = DiscoveryRequest;
+    type Response = WireDiscoveryResponse;
+    fn handle(&mut self, req: &DiscoveryRequest) -> Result<(), sds::ProtocolError> {
+        self.handle_request(req).map(drop)
+    }
+    fn nack(req: &DiscoveryRequest) -> Option<(&str, &str)> {
+        req.error_detail
+            .as_ref()
+            .map(|e| (req.type_url.as_str(), e.message.as_str()))
+    }
+    fn node(req: &DiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
+    fn due(&mut self, current: &Typed, versions: &VersionSource) -> Vec<WireDiscoveryResponse> {
+        self.next_responses(|t| current.get(t), versions)
+    }
+}
+
+impl Flavour for DeltaAdsStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = WireDeltaDiscoveryResponse;
+    fn handle(&mut self, req: &DeltaDiscoveryRequest) -> Result<(), sds::ProtocolError> {
+        self.handle_request(req).map(drop)
+    }
+    fn nack(req: &DeltaDiscoveryRequest) -> Option<(&str, &str)> {
+        req.error_detail
+            .as_ref()
+            .map(|e| (req.type_url.as_str(), e.message.as_str()))
+    }
+    fn node(
+        req: &DeltaDiscoveryRequest,
+    ) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
+    fn due(
+        &mut self,
+        current: &Typed,
+        versions: &VersionSource,
+    ) -> Vec<WireDeltaDiscoveryResponse> {
+        self.next_responses(|t| current.get(t), versions)
+    }
+}
+
+impl Ads {
+    /// Admits the stream on its first request, then serves it from a task.
+    async fn open<F: Flavour>(
+        &self,
+        request: Request<Streaming<F::Request>>,
+    ) -> Result<Response<ResponseStream<F::Response>>, Status> {
+        let (metadata, extensions, mut inbound) = request.into_parts();
+        let identity = Request::from_parts(metadata, extensions, ());
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream ended before its first request"))?;
+        let proxy = self.admit(&identity, F::node(&first))?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(self.clone().serve::<F>(proxy, first, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn serve<F: Flavour>(
+        self,
+        proxy: Proxy,
+        first: F::Request,
+        mut inbound: Streaming<F::Request>,
+        tx: mpsc::Sender<Result<F::Response, Status>>,
+    ) {
+        let _open = StreamCount::new(&self.metrics);
+        let mut config = self.config.clone();
+        let mut stream = F::default();
+        let mut current = self.translate(&proxy, &config.borrow_and_update());
+        let mut pending = vec![first];
+        loop {
+            // Requests that arrived together are applied together, so their answers go out in
+            // push order as one round.
+            while let Some(Ok(Some(req))) = futures::FutureExt::now_or_never(inbound.message()) {
+                pending.push(req);
+            }
+            for req in pending.drain(..) {
+                if let Err(e) = stream.handle(&req) {
+                    let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                    return;
+                }
+                if let Some((type_url, message)) = F::nack(&req) {
+                    self.note_nack(&proxy, type_url, message);
+                }
+            }
+            for resp in stream.due(&current, &self.versions) {
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+            match next(&mut inbound, &mut config, &tx).await {
+                None => return,
+                Some(Wake::Request(req)) => pending.push(req),
+                Some(Wake::Config) => current = self.translate(&proxy, &config.borrow_and_update()),
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AdsHandler for Ads {
+    async fn stream(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream<WireDiscoveryResponse>>, Status> {
+        self.open::<AdsStream>(request).await
+    }
+
+    async fn delta(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream<WireDeltaDiscoveryResponse>>, Status> {
+        self.open::<DeltaAdsStream>(request).await
+    }
+}

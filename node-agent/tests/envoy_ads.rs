@@ -1,0 +1,317 @@
+//! An unmodified Envoy takes its whole configuration from citadel over ADS (mTLS with the SVID
+//! and bundle the agent serves it over SDS) and routes real requests as Istio's Bookinfo
+//! VirtualService says: a 90/10 split, then 50/50 after the file is edited in the watched
+//! directory, with no restart and no failed request. Rootless: the Sidecar's
+//! `captureMode: NONE` listener binds a loopback address, backends listen on loopback.
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ENVOY_ID: &str = "spiffe://cluster.local/ns/default/sa/envoy";
+/// The port Envoy's outbound listener binds on loopback for the reviews service.
+const REVIEWS_PORT: u16 = 19080;
+
+fn config(reviews_split: (u32, u32)) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{{number: {REVIEWS_PORT}, name: http, protocol: HTTP}}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-v1}}
+spec: {{address: 127.0.0.21, labels: {{app: reviews, version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-v2}}
+spec: {{address: 127.0.0.22, labels: {{app: reviews, version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  # The test's backends speak plain HTTP (mTLS between sidecars comes with two sidecars).
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {{host: reviews, subset: v1}}
+      weight: {}
+    - destination: {{host: reviews, subset: v2}}
+      weight: {}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default}}
+spec:
+  egress:
+  - port: {{number: {REVIEWS_PORT}, protocol: HTTP, name: http}}
+    bind: 127.0.0.1
+    captureMode: NONE
+    hosts: [\"./*\"]
+",
+        reviews_split.0, reviews_split.1
+    )
+}
+
+fn bootstrap(citadel_port: u16, socket: &Path) -> String {
+    let sds = r#"{ "resource_api_version": "V3", "initial_fetch_timeout": "0s",
+             "api_config_source": { "api_type": "GRPC", "transport_api_version": "V3",
+               "grpc_services": [ { "envoy_grpc": { "cluster_name": "sds-grpc" } } ] } }"#;
+    format!(
+        r#"{{
+  "node": {{ "id": "sidecar~127.0.0.10~productpage-v1.default~default.svc.cluster.local",
+            "cluster": "productpage.default",
+            "metadata": {{ "NAMESPACE": "default", "SERVICE_ACCOUNT": "envoy", "INTERCEPTION_MODE": "NONE",
+                          "LABELS": {{ "app": "productpage" }} }} }},
+  "admin": {{ "address": {{ "socket_address": {{ "address": "127.0.0.1", "port_value": 0 }} }} }},
+  "dynamic_resources": {{
+    "ads_config": {{ "api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
+                    "grpc_services": [ {{ "envoy_grpc": {{ "cluster_name": "xds-grpc" }} }} ] }},
+    "cds_config": {{ "resource_api_version": "V3", "ads": {{}} }},
+    "lds_config": {{ "resource_api_version": "V3", "ads": {{}} }}
+  }},
+  "static_resources": {{ "clusters": [
+    {{ "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+      "typed_extension_protocol_options": {{ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {{
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {{ "http2_protocol_options": {{}} }} }} }},
+      "load_assignment": {{ "cluster_name": "sds-grpc", "endpoints": [ {{ "lb_endpoints": [ {{
+        "endpoint": {{ "address": {{ "pipe": {{ "path": "{socket}" }} }} }} }} ] }} ] }} }},
+    {{ "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
+      "typed_extension_protocol_options": {{ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {{
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {{ "http2_protocol_options": {{}} }} }} }},
+      "transport_socket": {{ "name": "envoy.transport_sockets.tls", "typed_config": {{
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {{
+          "alpn_protocols": ["h2"],
+          "tls_certificate_sds_secret_configs": [ {{ "name": "default", "sds_config": {sds} }} ],
+          "validation_context_sds_secret_config": {{ "name": "ROOTCA", "sds_config": {sds} }} }} }} }},
+      "load_assignment": {{ "cluster_name": "xds-grpc", "endpoints": [ {{ "lb_endpoints": [ {{
+        "endpoint": {{ "address": {{ "socket_address": {{ "address": "127.0.0.1", "port_value": {citadel_port} }} }} }} }} ] }} ] }} }}
+  ] }}
+}}"#,
+        socket = socket.display()
+    )
+}
+
+/// A backend that answers every request with its version.
+async fn backend(ip: &str, version: &'static str) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind((ip, REVIEWS_PORT))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    let body = format!("reviews-{version}\n");
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// One request through Envoy's outbound listener, as a client calling `http://reviews:PORT/`.
+async fn call_reviews() -> Result<String, String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", REVIEWS_PORT))
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nHost: reviews:{REVIEWS_PORT}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (head, body) = out.split_once("\r\n\r\n").ok_or("no response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("").to_string());
+    }
+    Ok(body.trim().to_string())
+}
+
+async fn split(n: usize) -> (BTreeMap<String, usize>, usize) {
+    let mut counts = BTreeMap::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        match call_reviews().await {
+            Ok(v) => *counts.entry(v).or_insert(0) += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    (counts, failed)
+}
+
+struct Envoy(Child);
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_from_citadel_ads_and_follows_a_live_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().join("mesh");
+    std::fs::create_dir(&config_dir).unwrap();
+    std::fs::write(config_dir.join("reviews.yaml"), config((90, 10))).unwrap();
+    let envoy_path = testkit::envoy_binary();
+    let citadel = Citadel::start_with_config(
+        &dir.path().join("citadel"),
+        "127.0.0.1:0".parse().unwrap(),
+        Some(config_dir.clone()),
+    )
+    .await;
+    citadel
+        .entry(
+            ENVOY_ID,
+            "node-1",
+            &[format!("unix:path:{}", envoy_path.display())],
+            Duration::from_secs(3600),
+        )
+        .await;
+    let agent = Agent::start(
+        dir.path(),
+        &citadel,
+        Some(&citadel.token("node-1").await),
+        &[],
+    )
+    .await;
+    let _v1 = backend("127.0.0.21", "v1").await;
+    let _v2 = backend("127.0.0.22", "v2").await;
+
+    let bootstrap_file = dir.path().join("envoy.json");
+    std::fs::write(
+        &bootstrap_file,
+        bootstrap(citadel.addr.port(), &agent.socket),
+    )
+    .unwrap();
+    let log = dir.path().join("envoy.log");
+    let admin_file = dir.path().join("admin.txt");
+    let _envoy = Envoy(
+        Command::new(&envoy_path)
+            .arg("-c")
+            .arg(&bootstrap_file)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .args([
+                "--base-id",
+                &(std::process::id() % 10_000 + 20_000).to_string(),
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let envoy_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually(
+        Duration::from_secs(30),
+        "Envoy routing to reviews from ADS",
+        async || call_reviews().await.ok(),
+    )
+    .await;
+
+    // Istio's traffic-shifting task: 90/10 over 1,000 requests, none failed.
+    let (counts, failed) = split(1000).await;
+    eprintln!("before the edit: {counts:?}");
+    assert_eq!(failed, 0, "{counts:?}\n{}", envoy_log());
+    let v1 = counts.get("reviews-v1").copied().unwrap_or(0);
+    // Binomial(1000, 0.9): sd ≈ 9.5; ±5 sd.
+    assert!((852..=948).contains(&v1), "90/10 split gave {counts:?}");
+
+    // Edit the VirtualService in the watched directory during traffic: 50/50, no restart.
+    let traffic = tokio::spawn(split(400));
+    std::fs::write(config_dir.join("reviews.yaml"), config((50, 50))).unwrap();
+    let (_, failed_during_edit) = traffic.await.unwrap();
+    assert_eq!(
+        failed_during_edit, 0,
+        "requests failed while the configuration changed"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the 50/50 split in force",
+        async || {
+            let (counts, _) = split(200).await;
+            let v1 = counts.get("reviews-v1").copied().unwrap_or(0);
+            (60..=140).contains(&v1).then_some(())
+        },
+    )
+    .await;
+    let (counts, failed) = split(1000).await;
+    eprintln!("after the edit: {counts:?}");
+    assert_eq!(failed, 0);
+    let v1 = counts.get("reviews-v1").copied().unwrap_or(0);
+    // Binomial(1000, 0.5): sd ≈ 15.8; ±5 sd.
+    assert!((421..=579).contains(&v1), "50/50 split gave {counts:?}");
+
+    // Envoy accepted every push (no NACK).
+    let admin = std::fs::read_to_string(&admin_file).unwrap();
+    let stats = http_get(admin.trim(), "/stats?filter=update_rejected").await;
+    for line in stats.lines().filter(|l| l.contains("update_rejected")) {
+        assert!(line.ends_with(": 0"), "{line}\n{}", envoy_log());
+    }
+    assert!(
+        stats.contains("cluster_manager.cds.update_rejected: 0"),
+        "{stats}"
+    );
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
