@@ -56,11 +56,43 @@ pub enum Command {
     /// Attested nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Proxies of the mesh.
+    #[command(subcommand)]
+    Sidecar(SidecarCommand),
     /// Validate Istio manifests (files or directories) without a server, as `istioctl validate`.
     Validate {
         /// A manifest file, a `mesh.yaml`, or a config directory; repeatable.
         #[arg(short = 'f', long = "filename", required = true)]
         paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SidecarCommand {
+    /// Print the Envoy bootstrap (YAML) for a WorkloadEntry of the config directory.
+    Bootstrap {
+        /// The WorkloadEntry, as NAMESPACE/NAME.
+        #[arg(long)]
+        workload: String,
+        /// The directory `serve --config-dir` serves.
+        #[arg(long)]
+        config_dir: PathBuf,
+        /// Connect straight to citadel over mTLS at this address instead of through the agent.
+        #[arg(long)]
+        xds: Option<String>,
+        /// The node agent's socket (SDS, and ADS unless --xds).
+        #[arg(long, default_value = "/run/citadel-agent/api.sock")]
+        agent_socket: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// A gateway (router) instead of a sidecar.
+        #[arg(long)]
+        router: bool,
+        /// No iptables redirect: listeners bind their own addresses (Sidecar captureMode NONE).
+        #[arg(long)]
+        no_redirect: bool,
     },
 }
 
@@ -249,6 +281,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Entry(cmd) => entry(&cli.data_dir, cmd).await,
         Command::Bundle(cmd) => bundle(&cli.data_dir, cmd).await,
         Command::Node(cmd) => node(&cli.data_dir, cmd).await,
+        Command::Sidecar(SidecarCommand::Bootstrap {
+            workload,
+            config_dir,
+            xds,
+            agent_socket,
+            admin,
+            trust_domain,
+            router,
+            no_redirect,
+        }) => {
+            let loaded = mesh::load_dir(&config_dir).map_err(|errors| {
+                let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+                anyhow::anyhow!(
+                    "config directory {}:\n{}",
+                    config_dir.display(),
+                    lines.join("\n")
+                )
+            })?;
+            let opts = crate::bootstrap::BootstrapOptions {
+                trust_domain: &trust_domain,
+                agent_socket: &agent_socket,
+                xds: xds.map_or(
+                    crate::bootstrap::XdsSource::Agent,
+                    crate::bootstrap::XdsSource::Direct,
+                ),
+                admin,
+                router,
+                redirect: !no_redirect,
+            };
+            let bootstrap = crate::bootstrap::sidecar(&loaded.config, &workload, &opts)?;
+            print!("{}", serde_yaml_ng::to_string(&bootstrap)?);
+            Ok(())
+        }
         Command::Validate { paths } => crate::validate::run(
             &paths,
             &mut std::io::stdout().lock(),

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod bootstrap;
 pub mod cli;
 pub mod config_store;
 pub mod discovery;
