@@ -1,8 +1,9 @@
 //! The Citadel node agent: attests itself to citadel, attests local workloads from the Unix
 //! socket peer, keeps their SVIDs rotated, and serves them over Envoy SDS v3 and the SPIFFE
-//! Workload API.
+//! Workload API; it also forwards each sidecar's ADS stream to citadel with the sidecar's SVID.
 #![forbid(unsafe_code)]
 
+pub mod ads_proxy;
 pub mod attest;
 pub mod ca;
 pub mod clock;

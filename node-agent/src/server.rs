@@ -9,6 +9,7 @@ use axum::Router;
 use axum::routing::get;
 use citadel_api::channel::citadel_client_config;
 use citadel_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use pki::tls::{SwappableCert, certified_key};
 use pki::verify::SharedBundles;
@@ -181,9 +182,17 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let ads = crate::ads_proxy::AdsProxy {
+        manager: manager.clone(),
+        attestor: attestor.clone(),
+        server: config.server.clone(),
+        trust_domain: config.trust_domain.clone(),
+        clock: clock.clone(),
+    };
     let grpc = Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams)
         .add_service(SecretDiscoveryServiceServer::new(sds))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(64 << 20))
         .add_service(SpiffeWorkloadApiServer::new(workload))
         .serve_with_incoming_shutdown(
             attested_incoming(listener, attestor),

@@ -2,7 +2,9 @@
 //! and bundle the agent serves it over SDS) and routes real requests as Istio's Bookinfo
 //! VirtualService says: a 90/10 split, then 50/50 after the file is edited in the watched
 //! directory, with no restart and no failed request. Rootless: the Sidecar's
-//! `captureMode: NONE` listener binds a loopback address, backends listen on loopback.
+//! `captureMode: NONE` listener binds a loopback address, backends listen on loopback. The
+//! bootstrap is what `citadel sidecar bootstrap` prints; ADS goes straight to citadel or
+//! through the agent's socket (forwarded with the sidecar's SVID).
 mod common;
 
 use std::collections::BTreeMap;
@@ -14,17 +16,18 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ENVOY_ID: &str = "spiffe://cluster.local/ns/default/sa/envoy";
-/// The port Envoy's outbound listener binds on loopback for the reviews service.
+/// The reviews port (Envoy's outbound listener and the backends, on loopback); each scenario
+/// adds its own offset so they can run at once.
 const REVIEWS_PORT: u16 = 19080;
 
-fn config(reviews_split: (u32, u32)) -> String {
+fn config(reviews_split: (u32, u32), port: u16) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: reviews}}
 spec:
   hosts: [reviews.default.svc.cluster.local]
-  ports: [{{number: {REVIEWS_PORT}, name: http, protocol: HTTP}}]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
   location: MESH_INTERNAL
   resolution: STATIC
   workloadSelector: {{labels: {{app: reviews}}}}
@@ -63,11 +66,16 @@ spec:
       weight: {}
 ---
 apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: productpage-v1}}
+spec: {{address: 127.0.0.10, labels: {{app: productpage}}, serviceAccount: envoy}}
+---
+apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {{name: default}}
 spec:
   egress:
-  - port: {{number: {REVIEWS_PORT}, protocol: HTTP, name: http}}
+  - port: {{number: {port}, protocol: HTTP, name: http}}
     bind: 127.0.0.1
     captureMode: NONE
     hosts: [\"./*\"]
@@ -76,53 +84,25 @@ spec:
     )
 }
 
-fn bootstrap(citadel_port: u16, socket: &Path) -> String {
-    let sds = r#"{ "resource_api_version": "V3", "initial_fetch_timeout": "0s",
-             "api_config_source": { "api_type": "GRPC", "transport_api_version": "V3",
-               "grpc_services": [ { "envoy_grpc": { "cluster_name": "sds-grpc" } } ] } }"#;
-    format!(
-        r#"{{
-  "node": {{ "id": "sidecar~127.0.0.10~productpage-v1.default~default.svc.cluster.local",
-            "cluster": "productpage.default",
-            "metadata": {{ "NAMESPACE": "default", "SERVICE_ACCOUNT": "envoy", "INTERCEPTION_MODE": "NONE",
-                          "LABELS": {{ "app": "productpage" }} }} }},
-  "admin": {{ "address": {{ "socket_address": {{ "address": "127.0.0.1", "port_value": 0 }} }} }},
-  "dynamic_resources": {{
-    "ads_config": {{ "api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": true,
-                    "grpc_services": [ {{ "envoy_grpc": {{ "cluster_name": "xds-grpc" }} }} ] }},
-    "cds_config": {{ "resource_api_version": "V3", "ads": {{}} }},
-    "lds_config": {{ "resource_api_version": "V3", "ads": {{}} }}
-  }},
-  "static_resources": {{ "clusters": [
-    {{ "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
-      "typed_extension_protocol_options": {{ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {{
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {{ "http2_protocol_options": {{}} }} }} }},
-      "load_assignment": {{ "cluster_name": "sds-grpc", "endpoints": [ {{ "lb_endpoints": [ {{
-        "endpoint": {{ "address": {{ "pipe": {{ "path": "{socket}" }} }} }} }} ] }} ] }} }},
-    {{ "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-      "typed_extension_protocol_options": {{ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {{
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {{ "http2_protocol_options": {{}} }} }} }},
-      "transport_socket": {{ "name": "envoy.transport_sockets.tls", "typed_config": {{
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "common_tls_context": {{
-          "alpn_protocols": ["h2"],
-          "tls_certificate_sds_secret_configs": [ {{ "name": "default", "sds_config": {sds} }} ],
-          "validation_context_sds_secret_config": {{ "name": "ROOTCA", "sds_config": {sds} }} }} }} }},
-      "load_assignment": {{ "cluster_name": "xds-grpc", "endpoints": [ {{ "lb_endpoints": [ {{
-        "endpoint": {{ "address": {{ "socket_address": {{ "address": "127.0.0.1", "port_value": {citadel_port} }} }} }} }} ] }} ] }} }}
-  ] }}
-}}"#,
-        socket = socket.display()
-    )
+/// The bootstrap `citadel sidecar bootstrap` prints for the productpage WorkloadEntry.
+fn bootstrap(config_dir: &Path, socket: &Path, xds: citadel::bootstrap::XdsSource) -> String {
+    let loaded = mesh::load_dir(config_dir).unwrap();
+    let opts = citadel::bootstrap::BootstrapOptions {
+        trust_domain: "cluster.local",
+        agent_socket: socket,
+        xds,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        router: false,
+        redirect: false,
+    };
+    citadel::bootstrap::sidecar(&loaded.config, "default/productpage-v1", &opts)
+        .unwrap()
+        .to_string()
 }
 
 /// A backend that answers every request with its version.
-async fn backend(ip: &str, version: &'static str) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind((ip, REVIEWS_PORT))
-        .await
-        .unwrap();
+async fn backend(ip: &str, version: &'static str, port: u16) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
@@ -152,13 +132,12 @@ async fn backend(ip: &str, version: &'static str) -> tokio::task::JoinHandle<()>
 }
 
 /// One request through Envoy's outbound listener, as a client calling `http://reviews:PORT/`.
-async fn call_reviews() -> Result<String, String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", REVIEWS_PORT))
+async fn call_reviews(port: u16) -> Result<String, String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
     s.write_all(
-        format!("GET / HTTP/1.1\r\nHost: reviews:{REVIEWS_PORT}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
+        format!("GET / HTTP/1.1\r\nHost: reviews:{port}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -173,11 +152,11 @@ async fn call_reviews() -> Result<String, String> {
     Ok(body.trim().to_string())
 }
 
-async fn split(n: usize) -> (BTreeMap<String, usize>, usize) {
+async fn split(n: usize, port: u16) -> (BTreeMap<String, usize>, usize) {
     let mut counts = BTreeMap::new();
     let mut failed = 0;
     for _ in 0..n {
-        match call_reviews().await {
+        match call_reviews(port).await {
             Ok(v) => *counts.entry(v).or_insert(0) += 1,
             Err(_) => failed += 1,
         }
@@ -195,11 +174,21 @@ impl Drop for Envoy {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_routes_from_citadel_ads_and_follows_a_live_edit() {
+async fn envoy_routes_from_citadel_ads_directly_and_follows_a_live_edit() {
+    scenario(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_routes_from_ads_forwarded_by_the_agent() {
+    scenario(true).await;
+}
+
+async fn scenario(through_agent: bool) {
+    let port = REVIEWS_PORT + u16::from(through_agent);
     let dir = tempfile::tempdir().unwrap();
     let config_dir = dir.path().join("mesh");
     std::fs::create_dir(&config_dir).unwrap();
-    std::fs::write(config_dir.join("reviews.yaml"), config((90, 10))).unwrap();
+    std::fs::write(config_dir.join("reviews.yaml"), config((90, 10), port)).unwrap();
     let envoy_path = testkit::envoy_binary();
     let citadel = Citadel::start_with_config(
         &dir.path().join("citadel"),
@@ -222,15 +211,16 @@ async fn envoy_routes_from_citadel_ads_and_follows_a_live_edit() {
         &[],
     )
     .await;
-    let _v1 = backend("127.0.0.21", "v1").await;
-    let _v2 = backend("127.0.0.22", "v2").await;
+    let _v1 = backend("127.0.0.21", "v1", port).await;
+    let _v2 = backend("127.0.0.22", "v2", port).await;
 
     let bootstrap_file = dir.path().join("envoy.json");
-    std::fs::write(
-        &bootstrap_file,
-        bootstrap(citadel.addr.port(), &agent.socket),
-    )
-    .unwrap();
+    let xds = if through_agent {
+        citadel::bootstrap::XdsSource::Agent
+    } else {
+        citadel::bootstrap::XdsSource::Direct(citadel.addr.to_string())
+    };
+    std::fs::write(&bootstrap_file, bootstrap(&config_dir, &agent.socket, xds)).unwrap();
     let log = dir.path().join("envoy.log");
     let admin_file = dir.path().join("admin.txt");
     let _envoy = Envoy(
@@ -241,7 +231,8 @@ async fn envoy_routes_from_citadel_ads_and_follows_a_live_edit() {
             .arg(&admin_file)
             .args([
                 "--base-id",
-                &(std::process::id() % 10_000 + 20_000).to_string(),
+                &(std::process::id() % 10_000 + 20_000 + u32::from(through_agent) * 10_000)
+                    .to_string(),
                 "--disable-hot-restart",
                 "--log-level",
                 "info",
@@ -255,12 +246,12 @@ async fn envoy_routes_from_citadel_ads_and_follows_a_live_edit() {
     eventually(
         Duration::from_secs(30),
         "Envoy routing to reviews from ADS",
-        async || call_reviews().await.ok(),
+        async || call_reviews(port).await.ok(),
     )
     .await;
 
     // Istio's traffic-shifting task: 90/10 over 1,000 requests, none failed.
-    let (counts, failed) = split(1000).await;
+    let (counts, failed) = split(1000, port).await;
     eprintln!("before the edit: {counts:?}");
     assert_eq!(failed, 0, "{counts:?}\n{}", envoy_log());
     let v1 = counts.get("reviews-v1").copied().unwrap_or(0);
@@ -268,8 +259,8 @@ async fn envoy_routes_from_citadel_ads_and_follows_a_live_edit() {
     assert!((852..=948).contains(&v1), "90/10 split gave {counts:?}");
 
     // Edit the VirtualService in the watched directory during traffic: 50/50, no restart.
-    let traffic = tokio::spawn(split(400));
-    std::fs::write(config_dir.join("reviews.yaml"), config((50, 50))).unwrap();
+    let traffic = tokio::spawn(split(400, port));
+    std::fs::write(config_dir.join("reviews.yaml"), config((50, 50), port)).unwrap();
     let (_, failed_during_edit) = traffic.await.unwrap();
     assert_eq!(
         failed_during_edit, 0,
@@ -279,13 +270,13 @@ async fn envoy_routes_from_citadel_ads_and_follows_a_live_edit() {
         Duration::from_secs(30),
         "the 50/50 split in force",
         async || {
-            let (counts, _) = split(200).await;
+            let (counts, _) = split(200, port).await;
             let v1 = counts.get("reviews-v1").copied().unwrap_or(0);
             (60..=140).contains(&v1).then_some(())
         },
     )
     .await;
-    let (counts, failed) = split(1000).await;
+    let (counts, failed) = split(1000, port).await;
     eprintln!("after the edit: {counts:?}");
     assert_eq!(failed, 0);
     let v1 = counts.get("reviews-v1").copied().unwrap_or(0);
