@@ -10,6 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -305,4 +306,390 @@ async fn http_get(addr: &str, path: &str) -> String {
     out.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
+}
+
+/// How a test backend answers.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Ok(&'static str),
+    /// Answers after a delay.
+    Slow(&'static str, Duration),
+    /// Every other request gets 503.
+    Flaky(&'static str),
+    /// Always 500.
+    Broken,
+}
+
+async fn serve_backend(ip: &str, port: u16, behaviour: Behaviour) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let served = served.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    let count = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let (status, body) = match behaviour {
+                        Behaviour::Ok(v) => ("200 OK", v),
+                        Behaviour::Slow(v, d) => {
+                            tokio::time::sleep(d).await;
+                            ("200 OK", v)
+                        }
+                        Behaviour::Flaky(v) if count % 2 == 0 => ("503 Service Unavailable", v),
+                        Behaviour::Flaky(v) => ("200 OK", v),
+                        Behaviour::Broken => ("500 Internal Server Error", "broken"),
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// Status 0 when nothing listens yet.
+async fn call(port: u16, host: &str, headers: &[(&str, &str)]) -> Reply {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return Reply {
+            status: 0,
+            head: String::new(),
+            body: String::new(),
+        };
+    };
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.trim().to_string(),
+    }
+}
+
+/// Istio's traffic-management tasks, on services declared by ServiceEntries whose backends
+/// listen on loopback, all through one Envoy configured over ADS.
+fn tasks_config(port: u16) -> String {
+    let service = |name: &str, eps: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}.default.svc.cluster.local]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{eps}]
+---
+"
+        )
+    };
+    let mut c = String::new();
+    c += &service(
+        "reviews",
+        "{address: 127.0.0.21, labels: {version: v1}}, {address: 127.0.0.22, labels: {version: v2}}",
+    );
+    c += &service("ratings", "{address: 127.0.0.31}");
+    c += &service("details", "{address: 127.0.0.41}");
+    c += &service("flaky", "{address: 127.0.0.51}");
+    c += &service("httpbin", "{address: 127.0.0.61}");
+    c += &service("pool", "{address: 127.0.0.71}, {address: 127.0.0.72}");
+    c += &format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external}}
+spec:
+  hosts: [api.external.test]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.81}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: productpage-v1}}
+spec: {{address: 127.0.0.10, labels: {{app: productpage}}, serviceAccount: envoy}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default}}
+spec:
+  egress:
+  - port: {{number: {port}, protocol: HTTP, name: http}}
+    bind: 127.0.0.1
+    captureMode: NONE
+    hosts: [\"./*\", \"*/api.external.test\"]
+---
+# The backends speak plain HTTP: no mTLS to them.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: all-plaintext}}
+spec:
+  host: \"*.default.svc.cluster.local\"
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec:
+  host: reviews
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin}}
+spec:
+  host: httpbin
+  trafficPolicy:
+    tls: {{mode: DISABLE}}
+    connectionPool:
+      tcp: {{maxConnections: 1}}
+      http: {{http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: pool}}
+spec:
+  host: pool
+  trafficPolicy:
+    tls: {{mode: DISABLE}}
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - route: [{{destination: {{host: reviews, subset: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings]
+  http:
+  - fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: ratings}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: details}}
+spec:
+  hosts: [details]
+  http:
+  - timeout: 300ms
+    route: [{{destination: {{host: details}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: flaky}}
+spec:
+  hosts: [flaky]
+  http:
+  - retries: {{attempts: 3, retryOn: 5xx}}
+    route: [{{destination: {{host: flaky}}}}]
+"
+    );
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istios_traffic_management_tasks_on_envoy() {
+    let port = REVIEWS_PORT + 10;
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().join("mesh");
+    std::fs::create_dir(&config_dir).unwrap();
+    std::fs::write(config_dir.join("tasks.yaml"), tasks_config(port)).unwrap();
+    std::fs::write(
+        config_dir.join("mesh.yaml"),
+        "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    )
+    .unwrap();
+    let envoy_path = testkit::envoy_binary();
+    let citadel = Citadel::start_with_config(
+        &dir.path().join("citadel"),
+        "127.0.0.1:0".parse().unwrap(),
+        Some(config_dir.clone()),
+    )
+    .await;
+    citadel
+        .entry(
+            ENVOY_ID,
+            "node-1",
+            &[format!("unix:path:{}", envoy_path.display())],
+            Duration::from_secs(3600),
+        )
+        .await;
+    let agent = Agent::start(
+        dir.path(),
+        &citadel,
+        Some(&citadel.token("node-1").await),
+        &[],
+    )
+    .await;
+    let _backends = [
+        serve_backend("127.0.0.21", port, Behaviour::Ok("reviews-v1")).await,
+        serve_backend("127.0.0.22", port, Behaviour::Ok("reviews-v2")).await,
+        serve_backend("127.0.0.31", port, Behaviour::Ok("ratings")).await,
+        serve_backend(
+            "127.0.0.41",
+            port,
+            Behaviour::Slow("details", Duration::from_secs(3)),
+        )
+        .await,
+        serve_backend("127.0.0.51", port, Behaviour::Flaky("flaky")).await,
+        serve_backend(
+            "127.0.0.61",
+            port,
+            Behaviour::Slow("httpbin", Duration::from_millis(300)),
+        )
+        .await,
+        serve_backend("127.0.0.71", port, Behaviour::Broken).await,
+        serve_backend("127.0.0.72", port, Behaviour::Ok("pool-healthy")).await,
+        serve_backend("127.0.0.81", port, Behaviour::Ok("external")).await,
+    ];
+    let bootstrap_file = dir.path().join("envoy.json");
+    std::fs::write(
+        &bootstrap_file,
+        bootstrap(
+            &config_dir,
+            &agent.socket,
+            citadel::bootstrap::XdsSource::Agent,
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("envoy.log");
+    let _envoy = Envoy(
+        Command::new(&envoy_path)
+            .arg("-c")
+            .arg(&bootstrap_file)
+            .args([
+                "--base-id",
+                &(std::process::id() % 10_000 + 40_000).to_string(),
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let envoy_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let host = |name: &str| format!("{name}:{port}");
+    eventually(Duration::from_secs(30), "Envoy configured", async || {
+        (call(port, &host("reviews"), &[]).await.status == 200).then_some(())
+    })
+    .await;
+
+    // Request routing by header: jason sees v2, everyone else v1.
+    for _ in 0..20 {
+        assert_eq!(
+            call(port, &host("reviews"), &[("end-user", "jason")])
+                .await
+                .body,
+            "reviews-v2"
+        );
+        assert_eq!(call(port, &host("reviews"), &[]).await.body, "reviews-v1");
+    }
+    // Fault injection: abort with 418 for every request, the backend never reached.
+    let r = call(port, &host("ratings"), &[]).await;
+    assert_eq!(r.status, 418, "{r:?}");
+    // Request timeout: the 3 s backend is cut at 300 ms with 504.
+    let started = std::time::Instant::now();
+    let r = call(port, &host("details"), &[]).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Retries: every other backend answer is 503; with retries on 5xx every request succeeds.
+    for _ in 0..20 {
+        let r = call(port, &host("flaky"), &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "flaky"), "{r:?}");
+    }
+    // Circuit breaking (Istio's task): one connection, one pending request; concurrent callers
+    // beyond that get 503 with x-envoy-overloaded.
+    let calls: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(async move { call(port, &format!("httpbin:{port}"), &[]).await }))
+        .collect();
+    let mut ok = 0;
+    let mut overloaded = 0;
+    for c in calls {
+        let r = c.await.unwrap();
+        match r.status {
+            200 => ok += 1,
+            503 if r.head.contains("x-envoy-overloaded: true") => overloaded += 1,
+            other => panic!("unexpected {other}: {r:?}"),
+        }
+    }
+    assert!(
+        ok >= 1 && overloaded >= 1,
+        "{ok} ok, {overloaded} overloaded"
+    );
+    // Outlier detection: the endpoint that answers 500 is ejected after its first failure.
+    let mut failures = 0;
+    for _ in 0..4 {
+        if call(port, &host("pool"), &[]).await.status != 200 {
+            failures += 1;
+        }
+    }
+    assert!(failures <= 1, "{failures} failures before ejection");
+    for _ in 0..30 {
+        let r = call(port, &host("pool"), &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "pool-healthy"), "{r:?}");
+    }
+    // REGISTRY_ONLY: an unknown host is blocked (502), a MESH_EXTERNAL ServiceEntry reachable.
+    let r = call(port, &format!("unknown.example.test:{port}"), &[]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    let r = call(port, &format!("api.external.test:{port}"), &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "external"),
+        "{r:?}\n{}",
+        envoy_log()
+    );
 }
