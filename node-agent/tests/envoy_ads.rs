@@ -345,7 +345,9 @@ async fn serve_backend(ip: &str, port: u16, behaviour: Behaviour) -> tokio::task
                             tokio::time::sleep(d).await;
                             ("200 OK", v)
                         }
-                        Behaviour::Flaky(v) if count % 2 == 0 => ("503 Service Unavailable", v),
+                        Behaviour::Flaky(v) if count.is_multiple_of(2) => {
+                            ("503 Service Unavailable", v)
+                        }
                         Behaviour::Flaky(v) => ("200 OK", v),
                         Behaviour::Broken => ("500 Internal Server Error", "broken"),
                     };
