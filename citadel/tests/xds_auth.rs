@@ -164,3 +164,116 @@ spec:
     let metrics = citadel.metrics().await;
     assert!(metrics.contains("citadel_svid_requests_refused_total{method=\"StreamAggregatedResources\",reason=\"permission_denied\"} 2"), "{metrics}");
 }
+
+/// The next response on `stream`, ACKed through `client`.
+async fn next_acked(
+    stream: &mut tonic::Streaming<
+        envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+    >,
+    client: &mut SotwClient,
+    tx: &tokio::sync::mpsc::Sender<
+        envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest,
+    >,
+) -> envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse {
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(20), stream.next())
+        .await
+        .expect("a response, not a hang")
+        .expect("stream open")
+        .unwrap();
+    let (ack, update) = client.handle_response(&resp, |_, _| Ok(()));
+    update.unwrap();
+    tx.send(ack).await.unwrap();
+    resp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_change_is_pushed_as_eds_alone() {
+    use sds::types::{ENDPOINT, ROUTE};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mesh");
+    std::fs::create_dir(&config).unwrap();
+    let service = |address: &str, extra_port: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  ports: [{{number: 9080, name: http, protocol: HTTP}}{extra_port}]
+  resolution: STATIC
+  location: MESH_INTERNAL
+  endpoints: [{{address: {address}, serviceAccount: reviews}}]
+"
+        )
+    };
+    // Endpoints on other hosts than the proxy (198.18.0.21): its own inbound side stays put.
+    std::fs::write(config.join("reviews.yaml"), service("198.18.0.31", "")).unwrap();
+    let citadel = Citadel::start(
+        &dir.path().join("data"),
+        &["--config-dir", config.to_str().unwrap()],
+    );
+    let (ok, _, err) = citadel.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        REVIEWS,
+        "--node",
+        "n1",
+        "--selector",
+        "unix:uid:1000",
+    ]);
+    assert!(ok, "{err}");
+    let node_svid = attested_node(&citadel).await;
+    let (key, csr) = key_and_csr(REVIEWS);
+    let resp = client(&citadel.grpc, &citadel.bundle(), Some(&node_svid))
+        .mint_x509_svid(CsrRequest {
+            csr,
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reviews = svid_from(&resp, key);
+
+    // Subscribe as Envoy does: clusters and listeners, then the endpoints and routes they name.
+    let mut sotw = SotwClient::new(node("reviews"));
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(sotw.subscribe(CLUSTER, &[])).await.unwrap();
+    tx.send(sotw.subscribe(LISTENER, &[])).await.unwrap();
+    let mut stream = ads(&citadel, Some(&reviews))
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let eds_cluster = "outbound|9080||reviews.default.svc.cluster.local";
+    for _ in 0..2 {
+        next_acked(&mut stream, &mut sotw, &tx).await;
+    }
+    tx.send(sotw.subscribe(ENDPOINT, &[eds_cluster]))
+        .await
+        .unwrap();
+    tx.send(sotw.subscribe(ROUTE, &["9080"])).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(next_acked(&mut stream, &mut sotw, &tx).await.type_url);
+    }
+    seen.sort();
+    assert_eq!(seen, [ENDPOINT, ROUTE]);
+
+    // An endpoint moves: only EDS goes out (a cluster or listener change would come first).
+    std::fs::write(config.join("reviews.yaml"), service("198.18.0.32", "")).unwrap();
+    let pushed = next_acked(&mut stream, &mut sotw, &tx).await;
+    assert_eq!(pushed.type_url, ENDPOINT);
+    assert_eq!(pushed.resources.len(), 1);
+    // A new port: clusters first, so nothing else was left over from the endpoint change.
+    std::fs::write(
+        config.join("reviews.yaml"),
+        service("198.18.0.32", ", {number: 9443, name: tls, protocol: TLS}"),
+    )
+    .unwrap();
+    let pushed = next_acked(&mut stream, &mut sotw, &tx).await;
+    assert_eq!(
+        pushed.type_url, CLUSTER,
+        "the endpoint change pushed more than EDS"
+    );
+}

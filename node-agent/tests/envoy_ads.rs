@@ -695,3 +695,162 @@ async fn istios_traffic_management_tasks_on_envoy() {
         envoy_log()
     );
 }
+
+/// A TCP backend that answers each line with its version and the line.
+async fn tcp_echo(ip: &str, port: u16, version: &'static str) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                if let Ok(n) = s.read(&mut buf).await {
+                    let line = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+                    let _ = s.write_all(format!("{version} {line}\n").as_bytes()).await;
+                }
+            });
+        }
+    })
+}
+
+/// Istio's TCP traffic-shifting task (tcp-echo, 80/20), rootless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_traffic_shifts_by_weight() {
+    let port = REVIEWS_PORT + 20;
+    let dir = tempfile::tempdir().unwrap();
+    let config_dir = dir.path().join("mesh");
+    std::fs::create_dir(&config_dir).unwrap();
+    std::fs::write(
+        config_dir.join("tcp-echo.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: [tcp-echo.default.svc.cluster.local]
+  ports: [{{number: {port}, name: tcp, protocol: TCP}}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.91, labels: {{version: v1}}}}, {{address: 127.0.0.92, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: productpage-v1}}
+spec: {{address: 127.0.0.10, labels: {{app: productpage}}, serviceAccount: envoy}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp-echo}}
+spec:
+  host: tcp-echo
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - route:
+    - {{destination: {{host: tcp-echo, subset: v1}}, weight: 80}}
+    - {{destination: {{host: tcp-echo, subset: v2}}, weight: 20}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default}}
+spec:
+  egress:
+  - port: {{number: {port}, protocol: TCP, name: tcp}}
+    bind: 127.0.0.1
+    captureMode: NONE
+    hosts: [\"./*\"]
+"
+        ),
+    )
+    .unwrap();
+    let envoy_path = testkit::envoy_binary();
+    let citadel = Citadel::start_with_config(
+        &dir.path().join("citadel"),
+        "127.0.0.1:0".parse().unwrap(),
+        Some(config_dir.clone()),
+    )
+    .await;
+    citadel
+        .entry(
+            ENVOY_ID,
+            "node-1",
+            &[format!("unix:path:{}", envoy_path.display())],
+            Duration::from_secs(3600),
+        )
+        .await;
+    let agent = Agent::start(
+        dir.path(),
+        &citadel,
+        Some(&citadel.token("node-1").await),
+        &[],
+    )
+    .await;
+    let _v1 = tcp_echo("127.0.0.91", port, "one").await;
+    let _v2 = tcp_echo("127.0.0.92", port, "two").await;
+    let bootstrap_file = dir.path().join("envoy.json");
+    std::fs::write(
+        &bootstrap_file,
+        bootstrap(
+            &config_dir,
+            &agent.socket,
+            citadel::bootstrap::XdsSource::Agent,
+        ),
+    )
+    .unwrap();
+    let _envoy = Envoy(
+        Command::new(&envoy_path)
+            .arg("-c")
+            .arg(&bootstrap_file)
+            .arg("--admin-address-path")
+            .arg(dir.path().join("admin.txt"))
+            .args([
+                "--base-id",
+                &(std::process::id() % 10_000 + 50_000).to_string(),
+                "--disable-hot-restart",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("envoy.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let echo = || async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(b"hello\n").await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.split_whitespace().next().map(str::to_string)
+    };
+    let log = dir.path().join("envoy.log");
+    let started = std::time::Instant::now();
+    while echo().await.is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let admin = std::fs::read_to_string(dir.path().join("admin.txt")).unwrap_or_default();
+            let dump = http_get(admin.trim(), "/config_dump?resource=dynamic_listeners").await;
+            let clusters = http_get(admin.trim(), "/clusters").await;
+            panic!(
+                "Envoy never carried tcp-echo:\n{}\n{dump}\n{clusters}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..1000 {
+        let version = echo().await.expect("every connection is answered");
+        *counts.entry(version).or_insert(0) += 1;
+    }
+    eprintln!("tcp-echo 80/20: {counts:?}");
+    let one = counts.get("one").copied().unwrap_or(0);
+    // Binomial(1000, 0.8): sd ≈ 12.6; ±5 sd.
+    assert!((737..=863).contains(&one), "80/20 gave {counts:?}");
+}

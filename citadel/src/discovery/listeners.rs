@@ -234,6 +234,30 @@ pub fn build(
         }];
         out.push(l);
     }
+    // Rootless TCP: an egress listener that binds a port no HTTP service uses carries the TCP
+    // service on that port (the first by host name when several share it).
+    let http_ports = super::routes::ports_with_http(services);
+    for (bind, port) in explicit_egress
+        .iter()
+        .filter(|(_, p)| !http_ports.contains(p))
+    {
+        let Some(s) = services
+            .iter()
+            .find(|s| s.port(*port).is_some_and(|p| !p.protocol.is_http()))
+        else {
+            continue;
+        };
+        let clusters = tcp_clusters(registry, s, *port, vss);
+        let mut l = listener(&format!("{bind}_{port}"), bind, *port, true);
+        l.filter_chains = vec![FilterChain {
+            filters: vec![tcp_proxy(
+                &format!("outbound|{port}||{}", s.hostname),
+                &clusters,
+            )],
+            ..Default::default()
+        }];
+        out.push(l);
+    }
     for s in services
         .iter()
         .filter(|_| ctx.proxy.interception == Interception::Redirect)
