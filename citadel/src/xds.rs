@@ -19,29 +19,37 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config_store::Snapshot;
 use crate::discovery::proxy::Proxy;
 use crate::discovery::services::Registry;
-use crate::discovery::{ProxyResources, generate_with};
+use crate::discovery::{ProxyClass, ProxyResources, class_of, generate_with};
 use crate::metrics::{Metrics, TypeLabels};
 use crate::service::CaService;
 
-/// A configuration ready to translate: the snapshot and its service registry, built once.
+/// A configuration ready to translate: the snapshot, its service registry (built once), and the
+/// resources of each proxy class, translated and encoded once and shared by its streams.
 #[derive(Debug, Default)]
 pub struct Prepared {
     pub snapshot: Arc<Snapshot>,
     pub registry: Registry,
+    classes: std::sync::Mutex<HashMap<ProxyClass, Arc<tokio::sync::OnceCell<Arc<Typed>>>>>,
+}
+
+impl Prepared {
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        Self {
+            registry: Registry::build(&snapshot.config),
+            snapshot,
+            classes: Default::default(),
+        }
+    }
 }
 
 /// Keeps a [`Prepared`] for every snapshot the store publishes.
 pub fn prepare(mut store: watch::Receiver<Arc<Snapshot>>) -> watch::Receiver<Arc<Prepared>> {
     let first = store.borrow_and_update().clone();
-    let (tx, rx) = watch::channel(Arc::new(Prepared {
-        registry: Registry::build(&first.config),
-        snapshot: first,
-    }));
+    let (tx, rx) = watch::channel(Arc::new(Prepared::new(first)));
     tokio::spawn(async move {
         while store.changed().await.is_ok() {
             let snapshot = store.borrow_and_update().clone();
-            let registry = Registry::build(&snapshot.config);
-            if tx.send(Arc::new(Prepared { snapshot, registry })).is_err() {
+            if tx.send(Arc::new(Prepared::new(snapshot))).is_err() {
                 return;
             }
         }
@@ -49,8 +57,8 @@ pub fn prepare(mut store: watch::Receiver<Arc<Snapshot>>) -> watch::Receiver<Arc
     rx
 }
 
-/// One proxy's resources by type URL, each encoded once and versioned by its content.
-type Typed = HashMap<&'static str, Resources>;
+/// One proxy class's resources by type URL, each encoded once and versioned by its content.
+pub type Typed = HashMap<&'static str, Resources>;
 
 fn encode(r: ProxyResources, versions: &VersionSource) -> Typed {
     fn of<M: prost::Name>(
@@ -111,11 +119,22 @@ impl Ads {
         Ok(proxy)
     }
 
-    fn translate(&self, proxy: &Proxy, prepared: &Prepared) -> Typed {
-        encode(
-            generate_with(&prepared.snapshot.config, &prepared.registry, proxy),
-            &self.versions,
-        )
+    /// The resources of `proxy`'s class, translated by the first stream of the class to ask.
+    async fn translate(&self, proxy: &Proxy, prepared: &Prepared) -> Arc<Typed> {
+        let class = class_of(&prepared.snapshot.config, &prepared.registry, proxy);
+        let cell = prepared
+            .classes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(class)
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            let resources = generate_with(&prepared.snapshot.config, &prepared.registry, proxy);
+            Arc::new(encode(resources, &self.versions))
+        })
+        .await
+        .clone()
     }
 
     fn note_nack(&self, proxy: &Proxy, type_url: &str, message: &str) {
@@ -247,7 +266,8 @@ impl Ads {
         let _open = StreamCount::new(&self.metrics);
         let mut config = self.config.clone();
         let mut stream = F::default();
-        let mut current = self.translate(&proxy, &config.borrow_and_update());
+        let prepared = config.borrow_and_update().clone();
+        let mut current = self.translate(&proxy, &prepared).await;
         let mut pending = vec![first];
         loop {
             // Requests that arrived together are applied together, so their answers go out in
@@ -272,7 +292,10 @@ impl Ads {
             match next(&mut inbound, &mut config, &tx).await {
                 None => return,
                 Some(Wake::Request(req)) => pending.push(req),
-                Some(Wake::Config) => current = self.translate(&proxy, &config.borrow_and_update()),
+                Some(Wake::Config) => {
+                    let prepared = config.borrow_and_update().clone();
+                    current = self.translate(&proxy, &prepared).await;
+                }
             }
         }
     }

@@ -40,7 +40,7 @@ pub const OUTBOUND_PORT: u32 = 15001;
 pub const INBOUND_PORT: u32 = 15006;
 
 /// A port the proxy's own workload serves, and where the application listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InboundPort {
     pub port: u32,
     pub protocol: Protocol,

@@ -107,6 +107,33 @@ pub struct ProxyResources {
     pub routes: Vec<RouteConfiguration>,
 }
 
+/// What a proxy's resources depend on besides the configuration: proxies of one class get
+/// identical resources, so translation and encoding happen once per class and snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProxyClass {
+    pub namespace: String,
+    /// The Sidecar that applies (its address within the snapshot), if any.
+    sidecar: Option<usize>,
+    pub interception: proxy::Interception,
+    pub inbound: Vec<listeners::InboundPort>,
+}
+
+/// The class of `proxy` in `config`.
+pub fn class_of(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyClass {
+    let sidecar = sidecar_for(config, proxy);
+    let ctx = Ctx {
+        config,
+        proxy,
+        sidecar,
+    };
+    ProxyClass {
+        namespace: proxy.namespace.clone(),
+        sidecar: sidecar.map(|s| std::ptr::from_ref(s) as usize),
+        interception: proxy.interception,
+        inbound: listeners::inbound_ports(&ctx, registry, sidecar),
+    }
+}
+
 /// Translates `config` for `proxy`, building the service registry first.
 pub fn generate(config: &Config, proxy: &Proxy) -> ProxyResources {
     generate_with(config, &Registry::build(config), proxy)

@@ -16,7 +16,7 @@ pub enum ProxyType {
 }
 
 /// How traffic reaches the proxy (Istio's `INTERCEPTION_MODE` metadata).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Interception {
     /// iptables redirects to 15001/15006 (istio-init).
     Redirect,

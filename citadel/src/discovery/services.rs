@@ -34,7 +34,7 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 }
 
 /// How a port's traffic is handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Http,
     Http2,
