@@ -26,39 +26,11 @@ use pki::verify::SharedBundles;
 use pki::{KeyAlgorithm, PrivateKey, SystemClock, TrustBundle, X509Svid, build_csr};
 use sds::client::SotwClient;
 use sds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use testkit::bench::{cpu_seconds, env_or, percentile, rss_mb};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 const PORT: u32 = 8080;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
-        .split_whitespace()
-        .collect();
-    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// The mesh: services `svc-I.bench.svc.cluster.local`, endpoints on 198.18.0.0/15; `moved`
 /// shifts the first endpoint of service 0 (an endpoint change), `timeout` is the one

@@ -91,6 +91,32 @@ async fn first_pushes(
     Ok(types)
 }
 
+/// An entry for the reviews identity on node n1, the node attested, and the reviews SVID it mints.
+async fn reviews_svid(citadel: &Citadel) -> (pki::X509Svid, pki::X509Svid) {
+    let (ok, _, err) = citadel.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        REVIEWS,
+        "--node",
+        "n1",
+        "--selector",
+        "unix:uid:1000",
+    ]);
+    assert!(ok, "{err}");
+    let node_svid = attested_node(citadel).await;
+    let (key, csr) = key_and_csr(REVIEWS);
+    let resp = client(&citadel.grpc, &citadel.bundle(), Some(&node_svid))
+        .mint_x509_svid(CsrRequest {
+            csr,
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (node_svid, svid_from(&resp, key))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_gets_configuration_only_as_its_own_identity() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,28 +138,7 @@ spec:
     .unwrap();
     let data = dir.path().join("data");
     let citadel = Citadel::start(&data, &["--config-dir", config.to_str().unwrap()]);
-    let (ok, _, err) = citadel.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        REVIEWS,
-        "--node",
-        "n1",
-        "--selector",
-        "unix:uid:1000",
-    ]);
-    assert!(ok, "{err}");
-    let node_svid = attested_node(&citadel).await;
-    let (key, csr) = key_and_csr(REVIEWS);
-    let resp = client(&citadel.grpc, &citadel.bundle(), Some(&node_svid))
-        .mint_x509_svid(CsrRequest {
-            csr,
-            ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let reviews = svid_from(&resp, key);
+    let (node_svid, reviews) = reviews_svid(&citadel).await;
 
     // Its own identity: both types, each ACKed.
     let types = first_pushes(&citadel, Some(&reviews), "reviews")
@@ -212,28 +217,7 @@ spec:
         &dir.path().join("data"),
         &["--config-dir", config.to_str().unwrap()],
     );
-    let (ok, _, err) = citadel.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        REVIEWS,
-        "--node",
-        "n1",
-        "--selector",
-        "unix:uid:1000",
-    ]);
-    assert!(ok, "{err}");
-    let node_svid = attested_node(&citadel).await;
-    let (key, csr) = key_and_csr(REVIEWS);
-    let resp = client(&citadel.grpc, &citadel.bundle(), Some(&node_svid))
-        .mint_x509_svid(CsrRequest {
-            csr,
-            ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let reviews = svid_from(&resp, key);
+    let (_, reviews) = reviews_svid(&citadel).await;
 
     // Subscribe as Envoy does: clusters and listeners, then the endpoints and routes they name.
     let mut sotw = SotwClient::new(node("reviews"));

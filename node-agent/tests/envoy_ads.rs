@@ -174,6 +174,100 @@ impl Drop for Envoy {
     }
 }
 
+/// citadel serving a config directory, the agent, and an Envoy started from the bootstrap
+/// `sidecar bootstrap` prints, configured only over ADS (through the agent, or straight to
+/// citadel). Everything stops on drop.
+struct Mesh {
+    config_dir: std::path::PathBuf,
+    admin_file: std::path::PathBuf,
+    log: std::path::PathBuf,
+    // Dropped in this order: Envoy first.
+    _envoy: Envoy,
+    _agent: Agent,
+    _citadel: Citadel,
+    /// Removed last, after every process using it stopped.
+    _dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// `base_id` keeps concurrent Envoys' shared-memory regions apart.
+    async fn start(files: &[(&str, String)], through_agent: bool, base_id: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_dir = dir.path().join("mesh");
+        std::fs::create_dir(&config_dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(config_dir.join(name), text).unwrap();
+        }
+        let envoy_path = testkit::envoy_binary();
+        let citadel = Citadel::start_with_config(
+            &dir.path().join("citadel"),
+            "127.0.0.1:0".parse().unwrap(),
+            Some(config_dir.clone()),
+        )
+        .await;
+        citadel
+            .entry(
+                ENVOY_ID,
+                "node-1",
+                &[format!("unix:path:{}", envoy_path.display())],
+                Duration::from_secs(3600),
+            )
+            .await;
+        let agent = Agent::start(
+            dir.path(),
+            &citadel,
+            Some(&citadel.token("node-1").await),
+            &[],
+        )
+        .await;
+        let xds = if through_agent {
+            citadel::bootstrap::XdsSource::Agent
+        } else {
+            citadel::bootstrap::XdsSource::Direct(citadel.addr.to_string())
+        };
+        let bootstrap_file = dir.path().join("envoy.json");
+        std::fs::write(&bootstrap_file, bootstrap(&config_dir, &agent.socket, xds)).unwrap();
+        let log = dir.path().join("envoy.log");
+        let admin_file = dir.path().join("admin.txt");
+        let envoy = Envoy(
+            Command::new(&envoy_path)
+                .arg("-c")
+                .arg(&bootstrap_file)
+                .arg("--admin-address-path")
+                .arg(&admin_file)
+                .args([
+                    "--base-id",
+                    &(std::process::id() % 10_000 + base_id).to_string(),
+                    "--disable-hot-restart",
+                    "--log-level",
+                    "info",
+                ])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        Self {
+            _dir: dir,
+            config_dir,
+            admin_file,
+            log,
+            _envoy: envoy,
+            _agent: agent,
+            _citadel: citadel,
+        }
+    }
+
+    fn envoy_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn admin(&self, path: &str) -> String {
+        let admin = std::fs::read_to_string(&self.admin_file).unwrap_or_default();
+        http_get(admin.trim(), path).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_routes_from_citadel_ads_directly_and_follows_a_live_edit() {
     scenario(false).await;
@@ -186,64 +280,16 @@ async fn envoy_routes_from_ads_forwarded_by_the_agent() {
 
 async fn scenario(through_agent: bool) {
     let port = REVIEWS_PORT + u16::from(through_agent);
-    let dir = tempfile::tempdir().unwrap();
-    let config_dir = dir.path().join("mesh");
-    std::fs::create_dir(&config_dir).unwrap();
-    std::fs::write(config_dir.join("reviews.yaml"), config((90, 10), port)).unwrap();
-    let envoy_path = testkit::envoy_binary();
-    let citadel = Citadel::start_with_config(
-        &dir.path().join("citadel"),
-        "127.0.0.1:0".parse().unwrap(),
-        Some(config_dir.clone()),
+    let mesh = Mesh::start(
+        &[("reviews.yaml", config((90, 10), port))],
+        through_agent,
+        20_000 + u32::from(through_agent) * 10_000,
     )
     .await;
-    citadel
-        .entry(
-            ENVOY_ID,
-            "node-1",
-            &[format!("unix:path:{}", envoy_path.display())],
-            Duration::from_secs(3600),
-        )
-        .await;
-    let agent = Agent::start(
-        dir.path(),
-        &citadel,
-        Some(&citadel.token("node-1").await),
-        &[],
-    )
-    .await;
+    let config_dir = mesh.config_dir.clone();
     let _v1 = backend("127.0.0.21", "v1", port).await;
     let _v2 = backend("127.0.0.22", "v2", port).await;
-
-    let bootstrap_file = dir.path().join("envoy.json");
-    let xds = if through_agent {
-        citadel::bootstrap::XdsSource::Agent
-    } else {
-        citadel::bootstrap::XdsSource::Direct(citadel.addr.to_string())
-    };
-    std::fs::write(&bootstrap_file, bootstrap(&config_dir, &agent.socket, xds)).unwrap();
-    let log = dir.path().join("envoy.log");
-    let admin_file = dir.path().join("admin.txt");
-    let _envoy = Envoy(
-        Command::new(&envoy_path)
-            .arg("-c")
-            .arg(&bootstrap_file)
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .args([
-                "--base-id",
-                &(std::process::id() % 10_000 + 20_000 + u32::from(through_agent) * 10_000)
-                    .to_string(),
-                "--disable-hot-restart",
-                "--log-level",
-                "info",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let envoy_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let envoy_log = || mesh.envoy_log();
     eventually(
         Duration::from_secs(30),
         "Envoy routing to reviews from ADS",
@@ -285,8 +331,7 @@ async fn scenario(through_agent: bool) {
     assert!((421..=579).contains(&v1), "50/50 split gave {counts:?}");
 
     // Envoy accepted every push (no NACK).
-    let admin = std::fs::read_to_string(&admin_file).unwrap();
-    let stats = http_get(admin.trim(), "/stats?filter=update_rejected").await;
+    let stats = mesh.admin("/stats?filter=update_rejected").await;
     for line in stats.lines().filter(|l| l.contains("update_rejected")) {
         assert!(line.ends_with(": 0"), "{line}\n{}", envoy_log());
     }
@@ -540,35 +585,16 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istios_traffic_management_tasks_on_envoy() {
     let port = REVIEWS_PORT + 10;
-    let dir = tempfile::tempdir().unwrap();
-    let config_dir = dir.path().join("mesh");
-    std::fs::create_dir(&config_dir).unwrap();
-    std::fs::write(config_dir.join("tasks.yaml"), tasks_config(port)).unwrap();
-    std::fs::write(
-        config_dir.join("mesh.yaml"),
-        "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
-    )
-    .unwrap();
-    let envoy_path = testkit::envoy_binary();
-    let citadel = Citadel::start_with_config(
-        &dir.path().join("citadel"),
-        "127.0.0.1:0".parse().unwrap(),
-        Some(config_dir.clone()),
-    )
-    .await;
-    citadel
-        .entry(
-            ENVOY_ID,
-            "node-1",
-            &[format!("unix:path:{}", envoy_path.display())],
-            Duration::from_secs(3600),
-        )
-        .await;
-    let agent = Agent::start(
-        dir.path(),
-        &citadel,
-        Some(&citadel.token("node-1").await),
-        &[],
+    let mesh = Mesh::start(
+        &[
+            ("tasks.yaml", tasks_config(port)),
+            (
+                "mesh.yaml",
+                "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n".to_string(),
+            ),
+        ],
+        true,
+        40_000,
     )
     .await;
     let _backends = [
@@ -592,34 +618,7 @@ async fn istios_traffic_management_tasks_on_envoy() {
         serve_backend("127.0.0.72", port, Behaviour::Ok("pool-healthy")).await,
         serve_backend("127.0.0.81", port, Behaviour::Ok("external")).await,
     ];
-    let bootstrap_file = dir.path().join("envoy.json");
-    std::fs::write(
-        &bootstrap_file,
-        bootstrap(
-            &config_dir,
-            &agent.socket,
-            citadel::bootstrap::XdsSource::Agent,
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("envoy.log");
-    let _envoy = Envoy(
-        Command::new(&envoy_path)
-            .arg("-c")
-            .arg(&bootstrap_file)
-            .args([
-                "--base-id",
-                &(std::process::id() % 10_000 + 40_000).to_string(),
-                "--disable-hot-restart",
-                "--log-level",
-                "info",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let envoy_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let envoy_log = || mesh.envoy_log();
     let host = |name: &str| format!("{name}:{port}");
     eventually(Duration::from_secs(30), "Envoy configured", async || {
         (call(port, &host("reviews"), &[]).await.status == 200).then_some(())
@@ -719,12 +718,7 @@ async fn tcp_echo(ip: &str, port: u16, version: &'static str) -> tokio::task::Jo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_traffic_shifts_by_weight() {
     let port = REVIEWS_PORT + 20;
-    let dir = tempfile::tempdir().unwrap();
-    let config_dir = dir.path().join("mesh");
-    std::fs::create_dir(&config_dir).unwrap();
-    std::fs::write(
-        config_dir.join("tcp-echo.yaml"),
-        format!(
+    let config = format!(
             "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: tcp-echo}}
@@ -768,59 +762,10 @@ spec:
     captureMode: NONE
     hosts: [\"./*\"]
 "
-        ),
-    )
-    .unwrap();
-    let envoy_path = testkit::envoy_binary();
-    let citadel = Citadel::start_with_config(
-        &dir.path().join("citadel"),
-        "127.0.0.1:0".parse().unwrap(),
-        Some(config_dir.clone()),
-    )
-    .await;
-    citadel
-        .entry(
-            ENVOY_ID,
-            "node-1",
-            &[format!("unix:path:{}", envoy_path.display())],
-            Duration::from_secs(3600),
-        )
-        .await;
-    let agent = Agent::start(
-        dir.path(),
-        &citadel,
-        Some(&citadel.token("node-1").await),
-        &[],
-    )
-    .await;
+    );
+    let mesh = Mesh::start(&[("tcp-echo.yaml", config)], true, 50_000).await;
     let _v1 = tcp_echo("127.0.0.91", port, "one").await;
     let _v2 = tcp_echo("127.0.0.92", port, "two").await;
-    let bootstrap_file = dir.path().join("envoy.json");
-    std::fs::write(
-        &bootstrap_file,
-        bootstrap(
-            &config_dir,
-            &agent.socket,
-            citadel::bootstrap::XdsSource::Agent,
-        ),
-    )
-    .unwrap();
-    let _envoy = Envoy(
-        Command::new(&envoy_path)
-            .arg("-c")
-            .arg(&bootstrap_file)
-            .arg("--admin-address-path")
-            .arg(dir.path().join("admin.txt"))
-            .args([
-                "--base-id",
-                &(std::process::id() % 10_000 + 50_000).to_string(),
-                "--disable-hot-restart",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("envoy.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
     let echo = || async move {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -830,16 +775,13 @@ spec:
         s.read_to_string(&mut out).await.ok()?;
         out.split_whitespace().next().map(str::to_string)
     };
-    let log = dir.path().join("envoy.log");
     let started = std::time::Instant::now();
     while echo().await.is_none() {
         if started.elapsed() > Duration::from_secs(30) {
-            let admin = std::fs::read_to_string(dir.path().join("admin.txt")).unwrap_or_default();
-            let dump = http_get(admin.trim(), "/config_dump?resource=dynamic_listeners").await;
-            let clusters = http_get(admin.trim(), "/clusters").await;
+            let dump = mesh.admin("/config_dump?resource=dynamic_listeners").await;
             panic!(
-                "Envoy never carried tcp-echo:\n{}\n{dump}\n{clusters}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                "Envoy never carried tcp-echo:\n{}\n{dump}",
+                mesh.envoy_log()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -31,3 +31,42 @@ pub fn envoy_binary() -> PathBuf {
     );
     std::fs::canonicalize(String::from_utf8_lossy(&out.stdout).trim()).expect("envoy path")
 }
+
+/// What the benchmarks read of a process and their environment.
+pub mod bench {
+    use std::time::Duration;
+
+    /// An environment variable as a number, or `default`.
+    pub fn env_or(name: &str, default: usize) -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// Resident memory of `pid`, in MB.
+    pub fn rss_mb(pid: u32) -> f64 {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kb: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        kb / 1024.0
+    }
+
+    /// User plus system CPU seconds of `pid` (10 ms ticks).
+    pub fn cpu_seconds(pid: u32) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process stat");
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
+            .split_whitespace()
+            .collect();
+        (fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0))
+            / 100.0
+    }
+
+    /// The `p` quantile of sorted durations.
+    pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+        sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    }
+}

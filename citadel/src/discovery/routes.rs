@@ -547,26 +547,10 @@ fn http_fault(f: &mesh::networking::HttpFaultInjection) -> HttpFault {
 }
 
 fn grpc_code(name: &str) -> u32 {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    NAMES.iter().position(|n| *n == name).unwrap_or(2) as u32
+    mesh::networking::GRPC_STATUS_NAMES
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or(2) as u32
 }
 
 /// The empty fault filter config the HCM carries, so routes can configure it.

@@ -7,8 +7,9 @@ use super::common::{
     percent, port, regex, selector_labels, string_match, wildcard_domain,
 };
 use crate::networking::{
-    Destination, FaultAbort, FaultDelay, Headers, HttpMatchRequest, HttpRedirect, HttpRetry,
-    HttpRewrite, HttpRoute, RouteDestination, TcpRoute, TlsRoute, VirtualService,
+    Destination, FaultAbort, FaultDelay, GRPC_STATUS_NAMES, Headers, HttpMatchRequest,
+    HttpRedirect, HttpRetry, HttpRewrite, HttpRoute, RouteDestination, TcpRoute, TlsRoute,
+    VirtualService,
 };
 
 /// Envoy retry conditions Istio accepts in `retryOn`, besides HTTP status codes.
@@ -29,27 +30,6 @@ const RETRY_ON: [&str; 16] = [
     "internal",
     "resource-exhausted",
     "unavailable",
-];
-
-/// gRPC status names for `fault.abort.grpcStatus`.
-const GRPC_STATUS: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
 ];
 
 pub(super) fn validate(report: &mut Report, path: &Path, vs: &VirtualService) {
@@ -457,7 +437,7 @@ fn abort(report: &mut Report, path: &Path, a: &FaultAbort) {
         );
     }
     if let Some(g) = &a.grpc_status
-        && !GRPC_STATUS.contains(&g.as_str())
+        && !GRPC_STATUS_NAMES.contains(&g.as_str())
     {
         report.error(
             &path.field("grpcStatus"),
