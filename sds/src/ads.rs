@@ -19,16 +19,26 @@ use crate::{ProtocolError, Step};
 
 static EMPTY: LazyLock<Resources> = LazyLock::new(Resources::new);
 
-/// The per-type protocol state both ADS flavours keep.
-trait TypeStream: Default {
+/// The per-type protocol state of one ADS flavour (state of the world or delta).
+pub trait TypeStream: Default {
+    type Request;
     type Response;
+    fn type_url_of(req: &Self::Request) -> &str;
+    fn apply(&mut self, req: &Self::Request) -> Result<Step, ProtocolError>;
     fn respond(&mut self, current: &Resources, versions: &VersionSource) -> Option<Self::Response>;
     fn changed(&self) -> &[String];
     fn forget_names(&mut self, names: &[String]);
 }
 
 impl TypeStream for SotwStream {
+    type Request = DiscoveryRequest;
     type Response = WireDiscoveryResponse;
+    fn type_url_of(req: &DiscoveryRequest) -> &str {
+        &req.type_url
+    }
+    fn apply(&mut self, req: &DiscoveryRequest) -> Result<Step, ProtocolError> {
+        self.handle_request(req)
+    }
     fn respond(&mut self, c: &Resources, v: &VersionSource) -> Option<Self::Response> {
         self.next_response(c, v)
     }
@@ -41,7 +51,14 @@ impl TypeStream for SotwStream {
 }
 
 impl TypeStream for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
     type Response = WireDeltaDiscoveryResponse;
+    fn type_url_of(req: &DeltaDiscoveryRequest) -> &str {
+        &req.type_url
+    }
+    fn apply(&mut self, req: &DeltaDiscoveryRequest) -> Result<Step, ProtocolError> {
+        self.handle_request(req)
+    }
     fn respond(&mut self, c: &Resources, v: &VersionSource) -> Option<Self::Response> {
         self.next_response(c, v)
     }
@@ -53,13 +70,18 @@ impl TypeStream for DeltaStream {
     }
 }
 
-/// The types of one ADS stream, by type URL.
+/// An ADS stream: the state of each type, by type URL.
 #[derive(Debug)]
-struct Types<S> {
+pub struct Ads<S> {
     by_url: BTreeMap<String, S>,
 }
 
-impl<S> Default for Types<S> {
+/// A state-of-the-world ADS stream.
+pub type AdsStream = Ads<SotwStream>;
+/// An incremental (delta) ADS stream.
+pub type DeltaAdsStream = Ads<DeltaStream>;
+
+impl<S> Default for Ads<S> {
     fn default() -> Self {
         Self {
             by_url: BTreeMap::new(),
@@ -67,28 +89,44 @@ impl<S> Default for Types<S> {
     }
 }
 
-impl<S: TypeStream> Types<S> {
-    fn stream_for(&mut self, type_url: &str) -> Result<&mut S, ProtocolError> {
+impl<S: TypeStream> Ads<S> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies a request to its type's state; every request must name its type.
+    pub fn handle_request(&mut self, req: &S::Request) -> Result<Step, ProtocolError> {
+        let type_url = S::type_url_of(req);
         if type_url.is_empty() {
             return Err(ProtocolError::MissingTypeUrl);
         }
-        Ok(self.by_url.entry(type_url.to_string()).or_default())
+        self.by_url
+            .entry(type_url.to_string())
+            .or_default()
+            .apply(req)
     }
 
-    /// The type URLs subscribed so far, in push order.
-    fn in_push_order(&self) -> Vec<String> {
+    /// The state of one type, once the client has asked for it.
+    pub fn stream(&self, type_url: &str) -> Option<&S> {
+        self.by_url.get(type_url)
+    }
+
+    /// The type URLs the client asked for, in push order.
+    pub fn type_urls(&self) -> Vec<String> {
         let mut urls: Vec<String> = self.by_url.keys().cloned().collect();
         urls.sort_by_key(|u| push_rank(u));
         urls
     }
 
-    fn next_responses<'a>(
+    /// Every response now due, in push order. `current` gives this client's resources of a type
+    /// (`None`: none exist).
+    pub fn next_responses<'a>(
         &mut self,
         current: impl Fn(&str) -> Option<&'a Resources>,
         versions: &VersionSource,
     ) -> Vec<S::Response> {
         let mut out = Vec::new();
-        for url in self.in_push_order() {
+        for url in self.type_urls() {
             let resources = current(&url).unwrap_or(&EMPTY);
             let stream = self.by_url.get_mut(&url).expect("listed above");
             let Some(response) = stream.respond(resources, versions) else {
@@ -103,79 +141,6 @@ impl<S: TypeStream> Types<S> {
             out.push(response);
         }
         out
-    }
-}
-
-/// A state-of-the-world ADS stream.
-#[derive(Debug, Default)]
-pub struct AdsStream {
-    types: Types<SotwStream>,
-}
-
-impl AdsStream {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Applies a request to its type's state; every request must name its type.
-    pub fn handle_request(&mut self, req: &DiscoveryRequest) -> Result<Step, ProtocolError> {
-        self.types.stream_for(&req.type_url)?.handle_request(req)
-    }
-
-    /// The state of one type, once the client has asked for it.
-    pub fn stream(&self, type_url: &str) -> Option<&SotwStream> {
-        self.types.by_url.get(type_url)
-    }
-
-    /// The type URLs the client asked for, in push order.
-    pub fn type_urls(&self) -> Vec<String> {
-        self.types.in_push_order()
-    }
-
-    /// Every response now due, in push order. `current` gives this client's resources of a type
-    /// (`None`: none exist).
-    pub fn next_responses<'a>(
-        &mut self,
-        current: impl Fn(&str) -> Option<&'a Resources>,
-        versions: &VersionSource,
-    ) -> Vec<WireDiscoveryResponse> {
-        self.types.next_responses(current, versions)
-    }
-}
-
-/// An incremental (delta) ADS stream.
-#[derive(Debug, Default)]
-pub struct DeltaAdsStream {
-    types: Types<DeltaStream>,
-}
-
-impl DeltaAdsStream {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Applies a request to its type's state; every request must name its type.
-    pub fn handle_request(&mut self, req: &DeltaDiscoveryRequest) -> Result<Step, ProtocolError> {
-        self.types.stream_for(&req.type_url)?.handle_request(req)
-    }
-
-    /// The state of one type, once the client has asked for it.
-    pub fn stream(&self, type_url: &str) -> Option<&DeltaStream> {
-        self.types.by_url.get(type_url)
-    }
-
-    /// The type URLs the client asked for, in push order.
-    pub fn type_urls(&self) -> Vec<String> {
-        self.types.in_push_order()
-    }
-
-    /// Every response now due, in push order.
-    pub fn next_responses<'a>(
-        &mut self,
-        current: impl Fn(&str) -> Option<&'a Resources>,
-        versions: &VersionSource,
-    ) -> Vec<WireDeltaDiscoveryResponse> {
-        self.types.next_responses(current, versions)
     }
 }
 
