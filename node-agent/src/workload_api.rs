@@ -71,21 +71,16 @@ fn jwt_bundle_document(bundle: &TrustBundle) -> Vec<u8> {
     only_jwt.to_jwks().unwrap_or_default().into_bytes()
 }
 
-/// What a stream last sent, to push only on change.
-type Fingerprint = Vec<String>;
-
 fn x509_response(
     state: &AgentState,
     workload: &Workload,
-) -> Result<Option<(Fingerprint, X509svidResponse)>, Status> {
+) -> Result<Option<X509svidResponse>, Status> {
     let svids = match state.view(&workload.selectors) {
         WorkloadView::Pending => return Ok(None),
         WorkloadView::NoIdentity => return Err(no_identity(workload)),
         WorkloadView::Ready(s) => s,
     };
     let bundle = der_concat(state.bundle.x509_authorities());
-    let mut fp: Fingerprint = svids.iter().map(|s| s.serial().to_string()).collect();
-    fp.push(state.bundle.sequence().to_string());
     let svids = svids
         .iter()
         .map(|w| X509svid {
@@ -96,14 +91,11 @@ fn x509_response(
             hint: String::new(),
         })
         .collect();
-    Ok(Some((
-        fp,
-        X509svidResponse {
-            svids,
-            crl: vec![],
-            federated_bundles: HashMap::new(),
-        },
-    )))
+    Ok(Some(X509svidResponse {
+        svids,
+        crl: vec![],
+        federated_bundles: HashMap::new(),
+    }))
 }
 
 impl WorkloadApiServer {
@@ -124,13 +116,14 @@ impl WorkloadApiServer {
     }
 
     /// Runs a full-state stream: `render` turns each snapshot into a message (or `None` while
-    /// pending); identical messages are not re-sent. With `svids`, the stream also wakes when
+    /// pending); a message equal to the last one sent is not re-sent, so a bundle update
+    /// that changes only its sequence or JWT keys wakes no X.509 stream. With `svids`, the stream also wakes when
     /// one of the workload's SVIDs rotates.
-    fn full_state_stream<M: Send + 'static>(
+    fn full_state_stream<M: Clone + PartialEq + Send + 'static>(
         &self,
         workload: Workload,
         svids: bool,
-        render: impl Fn(&AgentState, &Workload) -> Result<Option<(Fingerprint, M)>, Status>
+        render: impl Fn(&AgentState, &Workload) -> Result<Option<M>, Status>
         + Send
         + 'static,
     ) -> BoxStream<M> {
@@ -141,7 +134,7 @@ impl WorkloadApiServer {
         let attestor = self.attestor.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let mut last: Option<Fingerprint> = None;
+            let mut last: Option<M> = None;
             let mut slots = SlotWatch::default();
             loop {
                 if let Err(status) = still_same(&attestor, &workload) {
@@ -157,11 +150,11 @@ impl WorkloadApiServer {
                         let _ = tx.send(Err(status)).await;
                         return;
                     }
-                    Ok(Some((fp, msg))) if last.as_ref() != Some(&fp) => {
-                        if tx.send(Ok(msg)).await.is_err() {
+                    Ok(Some(msg)) if last.as_ref() != Some(&msg) => {
+                        if tx.send(Ok(msg.clone())).await.is_err() {
                             return;
                         }
-                        last = Some(fp);
+                        last = Some(msg);
                     }
                     Ok(_) => {}
                 }
@@ -178,7 +171,7 @@ impl WorkloadApiServer {
 
     /// A full-state stream of the trust bundle, keyed by trust-domain ID and encoded by
     /// `encode`; a workload with no identity is refused, as for its SVIDs.
-    fn bundle_stream<M: Send + 'static>(
+    fn bundle_stream<M: Clone + PartialEq + Send + 'static>(
         &self,
         workload: Workload,
         encode: fn(&TrustBundle) -> Vec<u8>,
@@ -190,7 +183,7 @@ impl WorkloadApiServer {
             }
             let b = &state.bundle;
             let bundles = HashMap::from([(b.trust_domain().id_string(), encode(b))]);
-            Ok(Some((vec![b.sequence().to_string()], wrap(bundles))))
+            Ok(Some(wrap(bundles)))
         })
     }
 
