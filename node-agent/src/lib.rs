@@ -9,6 +9,7 @@ pub mod ca;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod iptables;
 pub mod jwt;
 pub mod jwt_cache;
 pub mod manager;

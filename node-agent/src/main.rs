@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Attest to citadel and serve workloads.
     Run(RunArgs),
+    /// Redirect a workload's TCP traffic to its sidecar, as istio-init does (run inside the
+    /// workload's network namespace, as root or with CAP_NET_ADMIN).
+    Iptables(node_agent::iptables::RedirectArgs),
 }
 
 async fn shutdown_signal() {
@@ -37,7 +40,10 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Iptables(args) => return Ok(node_agent::iptables::execute(&args)?),
+    };
     let config = AgentConfig::resolve(args)?;
     node_agent::server::run(
         config,

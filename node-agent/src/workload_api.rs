@@ -123,9 +123,7 @@ impl WorkloadApiServer {
         &self,
         workload: Workload,
         svids: bool,
-        render: impl Fn(&AgentState, &Workload) -> Result<Option<M>, Status>
-        + Send
-        + 'static,
+        render: impl Fn(&AgentState, &Workload) -> Result<Option<M>, Status> + Send + 'static,
     ) -> BoxStream<M> {
         let (tx, rx) = mpsc::channel(4);
         let mut state_rx = self.manager.subscribe();

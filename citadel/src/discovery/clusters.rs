@@ -12,7 +12,8 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::{
-    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions, Locality,
+    BindConfig, Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions,
+    Locality, address::Address as AddressKind,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -36,6 +37,10 @@ use super::{Ctx, address, ads_source, any, duration, u32v};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
+pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
+/// The source address of inbound passthrough connections: the redirect rules return traffic
+/// from it untouched, so a connection to the pod's own IP does not loop back into 15006.
+pub const INBOUND_PASSTHROUGH_SOURCE: &str = "127.0.0.6";
 
 /// Istio's outbound cluster name.
 pub fn outbound_name(port: u32, subset: &str, host: &str) -> String {
@@ -387,9 +392,31 @@ fn load_assignment(name: &str, port: &Port, endpoints: &[&Endpoint]) -> ClusterL
     }
 }
 
+/// Inbound traffic to a port no service declares goes on to its original destination, from
+/// [`INBOUND_PASSTHROUGH_SOURCE`].
+fn inbound_passthrough(ctx: &Ctx<'_>) -> Cluster {
+    let AddressKind::SocketAddress(source) = address(INBOUND_PASSTHROUGH_SOURCE, 0)
+        .address
+        .expect("an IP address")
+    else {
+        unreachable!("an IP address is a socket address")
+    };
+    Cluster {
+        name: INBOUND_PASSTHROUGH.into(),
+        upstream_bind_config: Some(BindConfig {
+            source_address: Some(source),
+            ..Default::default()
+        }),
+        ..passthrough(ctx)
+    }
+}
+
 /// Inbound clusters for the ports the proxy's workload serves, to the application on loopback
-/// (or a Sidecar ingress `defaultEndpoint`).
+/// (or a Sidecar ingress `defaultEndpoint`); with redirected traffic, the inbound passthrough
+/// cluster too.
 pub fn inbound(ctx: &Ctx<'_>, ports: &[super::listeners::InboundPort]) -> Vec<Cluster> {
+    let passthrough = (ctx.proxy.interception == super::proxy::Interception::Redirect)
+        .then(|| inbound_passthrough(ctx));
     ports
         .iter()
         .map(|p| Cluster {
@@ -407,6 +434,7 @@ pub fn inbound(ctx: &Ctx<'_>, ports: &[super::listeners::InboundPort]) -> Vec<Cl
             circuit_breakers: Some(unlimited(None)),
             ..Default::default()
         })
+        .chain(passthrough)
         .collect()
 }
 

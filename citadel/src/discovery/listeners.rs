@@ -3,7 +3,7 @@
 //! RDS route `PORT`, `VIP_PORT` listeners for TCP services, and inbound filter chains per port
 //! of the proxy's own workload (mTLS or plaintext, told apart by `tls_inspector`). Sidecar
 //! listeners with `captureMode: NONE` bind their address themselves (no iptables).
-use envoy_types::pb::envoy::config::core::v3::ApiVersion;
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter};
@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType, ForwardClientCertDetails, RouteSpecifier,
@@ -27,7 +28,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::google::protobuf::BoolValue;
 use mesh::networking::{CaptureMode, OutboundMode, Sidecar};
 
-use super::clusters::{BLACKHOLE, PASSTHROUGH, inbound_name, outbound_name};
+use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, inbound_name, outbound_name};
 use super::proxy::Interception;
 use super::routes::fault_filter;
 use super::services::{Protocol, Registry, Service, resolve_host};
@@ -126,7 +127,7 @@ fn tcp_proxy(stat: &str, clusters: &[(String, u32)]) -> Filter {
                 .iter()
                 .map(|(name, w)| ClusterWeight {
                     name: name.clone(),
-                    weight: (*w).max(1),
+                    weight: *w,
                     ..Default::default()
                 })
                 .collect(),
@@ -195,7 +196,6 @@ fn listener(name: &str, host: &str, port: u32, bind: bool) -> Listener {
 
 pub fn build(
     ctx: &Ctx<'_>,
-    registry: &Registry,
     services: &[&Service],
     vss: &VirtualServices<'_>,
     inbound: &[InboundPort],
@@ -247,7 +247,7 @@ pub fn build(
         else {
             continue;
         };
-        let clusters = tcp_clusters(registry, s, *port, vss);
+        let clusters = tcp_clusters(s, *port, vss);
         let mut l = listener(&format!("{bind}_{port}"), bind, *port, true);
         l.filter_chains = vec![FilterChain {
             filters: vec![tcp_proxy(
@@ -263,7 +263,7 @@ pub fn build(
         .filter(|_| ctx.proxy.interception == Interception::Redirect)
     {
         for p in s.ports.iter().filter(|p| !p.protocol.is_http()) {
-            let clusters = tcp_clusters(registry, s, p.number, vss);
+            let clusters = tcp_clusters(s, p.number, vss);
             for vip in s.addresses.iter().filter(|a| !a.contains('/')) {
                 let mut l = listener(&format!("{vip}_{}", p.number), vip, p.number, false);
                 l.filter_chains = vec![FilterChain {
@@ -288,12 +288,7 @@ pub fn build(
 }
 
 /// The VirtualService TCP route for a service port, or the service itself.
-fn tcp_clusters(
-    registry: &Registry,
-    s: &Service,
-    port: u32,
-    vss: &VirtualServices<'_>,
-) -> Vec<(String, u32)> {
+fn tcp_clusters(s: &Service, port: u32, vss: &VirtualServices<'_>) -> Vec<(String, u32)> {
     let routed = vss
         .iter()
         .find(|(hosts, _, _)| {
@@ -306,20 +301,23 @@ fn tcp_clusters(
             let tcp = vs.tcp.iter().find(|t| {
                 t.matches.is_empty() || t.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
             })?;
+            // As for HTTP: with weights set, a 0-weight destination gets nothing; with none
+            // set (one destination), it takes everything.
+            let total: i32 = tcp.route.iter().map(|d| d.weight.max(0)).sum();
             Some(
                 tcp.route
                     .iter()
+                    .filter(|d| total == 0 || d.weight > 0)
                     .map(|d| {
                         let host = resolve_host(&d.destination.host, ns);
                         let dest_port = d.destination.port.map(|p| p.number).unwrap_or(port);
-                        let _ = registry;
                         (
                             outbound_name(
                                 dest_port,
                                 d.destination.subset.as_deref().unwrap_or(""),
                                 &host,
                             ),
-                            d.weight.max(0) as u32,
+                            if total == 0 { 1 } else { d.weight as u32 },
                         )
                     })
                     .collect::<Vec<_>>(),
@@ -337,12 +335,40 @@ fn virtual_outbound(ctx: &Ctx<'_>) -> Listener {
     };
     let mut l = listener(VIRTUAL_OUTBOUND, "0.0.0.0", OUTBOUND_PORT, true);
     l.use_original_dst = Some(BoolValue { value: true });
+    l.traffic_direction = TrafficDirection::Outbound as i32;
+    l.filter_chains = vec![blackhole_own_port(OUTBOUND_PORT)];
     l.default_filter_chain = Some(FilterChain {
         name: fallback.into(),
         filters: vec![tcp_proxy(fallback, &[(fallback.into(), 1)])],
         ..Default::default()
     });
     l
+}
+
+/// A connection made straight to a capture port (not redirected to it) would be passed on to
+/// the port itself, in a loop: it goes nowhere instead, as in Istio.
+fn blackhole_own_port(port: u32) -> FilterChain {
+    FilterChain {
+        name: "virtual_blackhole".into(),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: u32v(port),
+            ..Default::default()
+        }),
+        filters: vec![tcp_proxy(BLACKHOLE, &[(BLACKHOLE.into(), 1)])],
+        ..Default::default()
+    }
+}
+
+/// Restores the destination iptables redirected from, so filter chains match the original
+/// port (and the inbound passthrough reaches it).
+fn original_dst() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.original_dst".into(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(any(
+            &OriginalDst::default(),
+        ))),
+        ..Default::default()
+    }
 }
 
 fn tls_inspector() -> ListenerFilter {
@@ -418,20 +444,28 @@ fn inbound_chains(p: &InboundPort) -> Vec<FilterChain> {
     ]
 }
 
+/// The inbound capture listener. Unlike `virtualOutbound` it never hands connections to
+/// another listener (`use_original_dst`): that would give inbound traffic to the outbound
+/// `0.0.0.0_PORT` listener of the same port. Its chains match the restored original port.
 fn virtual_inbound(ports: &[InboundPort]) -> Listener {
     let mut l = listener(VIRTUAL_INBOUND, "0.0.0.0", INBOUND_PORT, true);
-    l.use_original_dst = Some(BoolValue { value: true });
-    l.listener_filters = vec![tls_inspector()];
-    l.filter_chains = ports
-        .iter()
-        .filter(|p| p.bind.is_none())
-        .flat_map(inbound_chains)
+    l.traffic_direction = TrafficDirection::Inbound as i32;
+    l.listener_filters = vec![original_dst(), tls_inspector()];
+    l.filter_chains = std::iter::once(blackhole_own_port(INBOUND_PORT))
+        .chain(
+            ports
+                .iter()
+                .filter(|p| p.bind.is_none())
+                .flat_map(inbound_chains),
+        )
         .collect();
     l.default_filter_chain = Some(FilterChain {
         name: "inbound_passthrough".into(),
-        filters: vec![tcp_proxy(PASSTHROUGH, &[(PASSTHROUGH.into(), 1)])],
+        filters: vec![tcp_proxy(
+            INBOUND_PASSTHROUGH,
+            &[(INBOUND_PASSTHROUGH.into(), 1)],
+        )],
         ..Default::default()
     });
-    let _ = ApiVersion::V3;
     l
 }

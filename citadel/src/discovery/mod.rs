@@ -152,7 +152,7 @@ pub fn generate_with(config: &Config, registry: &Registry, proxy: &Proxy) -> Pro
     let inbound = listeners::inbound_ports(&ctx, registry, sidecar);
     let mut built = clusters::build(&ctx, &services);
     built.clusters.extend(clusters::inbound(&ctx, &inbound));
-    let listeners = listeners::build(&ctx, registry, &services, &vss, &inbound, sidecar);
+    let listeners = listeners::build(&ctx, &services, &vss, &inbound, sidecar);
     let routes = routes::ports_with_http(&services)
         .into_iter()
         .map(|port| routes::outbound(&ctx, registry, port, &services, &vss))

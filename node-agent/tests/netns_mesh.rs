@@ -1,0 +1,803 @@
+//! Istio's traffic-management tasks on unmodified Envoy sidecars with real traffic capture.
+//! Every workload runs in its own network namespace, made by the test and joined by a bridge
+//! inside a hub namespace; `node-agent iptables` redirects its traffic as istio-init does; each
+//! Envoy runs under its own uid, so the agent's unix attestation gives it its own SVID, and
+//! takes its whole configuration over ADS through the agent's socket. Clients call
+//! `http://reviews:9080` as in Istio, resolved by the pod's `/etc/netns/NAME/hosts`, and
+//! sidecars speak mTLS to each other. Needs root, iproute2 and iptables (CI has them all).
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use testkit::netns::{Network, Pod, Proc};
+
+const BOOKINFO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../mesh/tests/data/istio");
+const PRODUCTPAGE_ID: &str = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage";
+
+/// What `testkit/py/client.py` saw.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Calls {
+    bodies: BTreeMap<String, usize>,
+    statuses: BTreeMap<String, usize>,
+    errors: BTreeMap<String, usize>,
+    overloaded: usize,
+    peers: BTreeMap<String, usize>,
+}
+
+impl Calls {
+    fn failed(&self) -> usize {
+        let bad: usize = self
+            .statuses
+            .iter()
+            .filter(|(s, _)| !s.starts_with('2'))
+            .map(|(_, n)| n)
+            .sum();
+        bad + self.errors.values().sum::<usize>()
+    }
+
+    fn of(&self, body: &str) -> usize {
+        self.bodies.get(body).copied().unwrap_or(0)
+    }
+
+    fn status(&self, code: u16) -> usize {
+        self.statuses.get(&code.to_string()).copied().unwrap_or(0)
+    }
+}
+
+/// `n` requests to `url` from `pod`, `c` at a time, each on its own connection.
+fn client(pod: &Pod, url: &str, n: usize, c: usize, headers: &[&str]) -> Command {
+    let mut cmd = pod.command("python3");
+    cmd.arg(testkit::script("client.py")).arg(url).args([
+        "-n",
+        &n.to_string(),
+        "-c",
+        &c.to_string(),
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd
+}
+
+fn run_client(mut cmd: Command) -> Calls {
+    let out = tokio::task::block_in_place(|| cmd.output()).expect("running the test client");
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client's JSON")
+}
+
+fn call(pod: &Pod, url: &str, n: usize, headers: &[&str]) -> Calls {
+    run_client(client(pod, url, n, n.clamp(1, 8), headers))
+}
+
+/// A pod of the test, and what runs in it.
+struct PodSpec {
+    name: &'static str,
+    addr: Ipv4Addr,
+    /// `app.py` flags, or no application.
+    app: Option<&'static [&'static str]>,
+    /// The sidecar's uid and service account, or no sidecar.
+    sidecar: Option<(u32, &'static str)>,
+}
+
+/// citadel, the agent, and the pods with their applications and sidecars. Everything stops
+/// and every namespace goes on drop.
+struct World {
+    config_dir: PathBuf,
+    dir: PathBuf,
+    envoys: BTreeMap<&'static str, PathBuf>,
+    // Dropped in declaration order: processes, then the namespaces they ran in.
+    _procs: Vec<Proc>,
+    pods: BTreeMap<&'static str, Pod>,
+    _net: Network,
+    _agent: Agent,
+    _citadel: Citadel,
+    _tmp: tempfile::TempDir,
+}
+
+impl World {
+    async fn start(
+        tag: &str,
+        files: &[(&str, String)],
+        pods: &[PodSpec],
+        hosts: &[(Ipv4Addr, &str)],
+    ) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        // Sidecars run under their own uids and must reach the bootstrap and the agent socket.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let config_dir = dir.join("mesh");
+        std::fs::create_dir(&config_dir).unwrap();
+        for (name, text) in files {
+            std::fs::write(config_dir.join(name), text).unwrap();
+        }
+        let citadel = Citadel::start_with_config(
+            &dir.join("citadel"),
+            "127.0.0.1:0".parse().unwrap(),
+            Some(config_dir.clone()),
+        )
+        .await;
+        let envoy = testkit::envoy_binary();
+        for p in pods {
+            if let Some((uid, sa)) = p.sidecar {
+                citadel
+                    .entry(
+                        &format!("spiffe://cluster.local/ns/default/sa/{sa}"),
+                        "node-1",
+                        &[
+                            format!("unix:uid:{uid}"),
+                            format!("unix:path:{}", envoy.display()),
+                        ],
+                        Duration::from_secs(3600),
+                    )
+                    .await;
+            }
+        }
+        let agent = Agent::start(&dir, &citadel, Some(&citadel.token("node-1").await), &[]).await;
+        let net = Network::new(tag);
+        let mut world = World {
+            config_dir,
+            dir,
+            envoys: BTreeMap::new(),
+            _procs: Vec::new(),
+            pods: BTreeMap::new(),
+            _net: net,
+            _agent: agent,
+            _citadel: citadel,
+            _tmp: tmp,
+        };
+        for p in pods {
+            let pod = world._net.pod(p.name, p.addr, hosts);
+            if let Some(flags) = p.app {
+                let mut cmd = pod.command("python3");
+                cmd.arg(testkit::script("app.py"))
+                    .args(["--name", p.name])
+                    .args(flags);
+                world._procs.push(pod.spawn_ready(cmd));
+            }
+            if let Some((uid, _)) = p.sidecar {
+                let envoy = world.sidecar(&pod, p.name, uid, &envoy);
+                world._procs.push(envoy);
+            }
+            world.pods.insert(p.name, pod);
+        }
+        for name in world.envoys.keys() {
+            let pod = &world.pods[name];
+            eventually(
+                Duration::from_secs(60),
+                &format!("{name}'s Envoy ready"),
+                async || (admin(pod, "/ready").trim() == "LIVE").then_some(()),
+            )
+            .await;
+        }
+        world
+    }
+
+    /// The redirect, then Envoy under `uid`, started from what `citadel sidecar bootstrap`
+    /// prints for the pod's WorkloadEntry.
+    fn sidecar(&mut self, pod: &Pod, workload: &'static str, uid: u32, envoy: &Path) -> Proc {
+        let loaded = mesh::load_dir(&self.config_dir).unwrap();
+        let socket = self.dir.join("agent.sock");
+        let opts = citadel::bootstrap::BootstrapOptions {
+            trust_domain: "cluster.local",
+            agent_socket: &socket,
+            xds: citadel::bootstrap::XdsSource::Agent,
+            admin: "127.0.0.1:15000".parse().unwrap(),
+            router: false,
+            redirect: true,
+        };
+        let bootstrap =
+            citadel::bootstrap::sidecar(&loaded.config, &format!("default/{workload}"), &opts)
+                .unwrap();
+        let file = self.dir.join(format!("{workload}.json"));
+        std::fs::write(&file, bootstrap.to_string()).unwrap();
+        pod.run(AGENT, &["iptables", "--proxy-uid", &uid.to_string()]);
+        let log = self.dir.join(format!("{workload}-envoy.log"));
+        let child = pod
+            .command_as(uid, envoy)
+            .arg("-c")
+            .arg(&file)
+            .args(["--disable-hot-restart", "--log-level", "info"])
+            .args([
+                "--base-id",
+                &(std::process::id() % 10_000 + uid).to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting Envoy");
+        self.envoys.insert(workload, log);
+        Proc(child)
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        &self.pods[name]
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.config_dir.join(name), text).unwrap();
+    }
+
+    fn envoy_logs(&self) -> String {
+        self.envoys
+            .iter()
+            .map(|(name, log)| {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                format!(
+                    "--- {name}'s Envoy:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A counter or gauge of the pod's Envoy (0 when Envoy has not created it).
+    fn stat(&self, pod: &str, name: &str) -> u64 {
+        admin(self.pod(pod), "/stats")
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// GET on the pod's Envoy admin (127.0.0.1:15000 inside the pod).
+fn admin(pod: &Pod, path: &str) -> String {
+    let out = tokio::task::block_in_place(|| {
+        pod.command("curl")
+            .args(["-s", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:15000{path}"))
+            .output()
+    })
+    .expect("curl (scripts/test.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn bookinfo(file: &str) -> String {
+    std::fs::read_to_string(Path::new(BOOKINFO).join(file)).unwrap()
+}
+
+fn workload(name: &str, addr: &str, labels: &str, sa: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}}}
+spec: {{address: {addr}, labels: {{{labels}}}, serviceAccount: {sa}}}
+---
+"
+    )
+}
+
+fn service_entry(name: &str, vip: &str, port: &str, select: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}.default.svc.cluster.local]
+  addresses: [{vip}]
+  ports: [{port}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  {select}
+---
+"
+    )
+}
+
+fn tcp_echo_split(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: tcp-echo}}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - route:
+    - {{destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v1}}, weight: {v1}}}
+    - {{destination: {{host: tcp-echo, port: {{number: 9000}}, subset: v2}}, weight: {v2}}}
+"
+    )
+}
+
+const fn pod(
+    name: &'static str,
+    addr: Ipv4Addr,
+    app: Option<&'static [&'static str]>,
+    sidecar: Option<(u32, &'static str)>,
+) -> PodSpec {
+    PodSpec {
+        name,
+        addr,
+        app,
+        sidecar,
+    }
+}
+
+/// Bookinfo's reviews (three versions) and Istio's tcp-echo (two), each behind its own
+/// sidecar, called from productpage's pod through its sidecar: Istio's sample files unchanged,
+/// request routing by header, 90/10 then a live edit to 50/50 with no failed request, TCP
+/// shifting 80/20, all over mTLS between sidecars that the callee's sidecar attributes to
+/// productpage's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookinfo_reviews_and_tcp_echo_under_iptables_capture() {
+    let ip = |last: u8| Ipv4Addr::new(198, 18, 1, last);
+    let mut services = String::new();
+    services += &service_entry(
+        "reviews",
+        "198.19.1.1",
+        "{number: 9080, name: http, protocol: HTTP}",
+        "workloadSelector: {labels: {app: reviews}}",
+    );
+    services += &service_entry(
+        "tcp-echo",
+        "198.19.1.2",
+        "{number: 9000, name: tcp, protocol: TCP}",
+        "workloadSelector: {labels: {app: tcp-echo}}",
+    );
+    for v in 1..=3 {
+        services += &workload(
+            &format!("reviews-v{v}"),
+            &ip(20 + v).to_string(),
+            &format!("app: reviews, version: v{v}"),
+            "bookinfo-reviews",
+        );
+    }
+    for v in 1..=2 {
+        services += &workload(
+            &format!("tcp-echo-v{v}"),
+            &ip(30 + v).to_string(),
+            &format!("app: tcp-echo, version: v{v}"),
+            "tcp-echo",
+        );
+    }
+    services += &workload(
+        "productpage-v1",
+        &ip(10).to_string(),
+        "app: productpage, version: v1",
+        "bookinfo-productpage",
+    );
+    services += "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo}
+spec:
+  host: tcp-echo
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+";
+    const HTTP: &[&str] = &["--http", "9080"];
+    const TCP: &[&str] = &["--tcp", "9000"];
+    let world = World::start(
+        "bi",
+        &[
+            ("services.yaml", services),
+            // Bookinfo's own files: subsets v1..v3 with no TLS setting (auto mTLS).
+            (
+                "destination-rule-all.yaml",
+                bookinfo("destination-rule-all.yaml"),
+            ),
+            ("reviews.yaml", bookinfo("virtual-service-all-v1.yaml")),
+            ("tcp-echo.yaml", tcp_echo_split(100, 0)),
+        ],
+        &[
+            pod(
+                "productpage-v1",
+                ip(10),
+                None,
+                Some((20010, "bookinfo-productpage")),
+            ),
+            pod(
+                "reviews-v1",
+                ip(21),
+                Some(HTTP),
+                Some((20021, "bookinfo-reviews")),
+            ),
+            pod(
+                "reviews-v2",
+                ip(22),
+                Some(HTTP),
+                Some((20022, "bookinfo-reviews")),
+            ),
+            pod(
+                "reviews-v3",
+                ip(23),
+                Some(HTTP),
+                Some((20023, "bookinfo-reviews")),
+            ),
+            pod("tcp-echo-v1", ip(31), Some(TCP), Some((20031, "tcp-echo"))),
+            pod("tcp-echo-v2", ip(32), Some(TCP), Some((20032, "tcp-echo"))),
+        ],
+        &[
+            (
+                "198.19.1.1".parse().unwrap(),
+                "reviews reviews.default.svc.cluster.local",
+            ),
+            (
+                "198.19.1.2".parse().unwrap(),
+                "tcp-echo tcp-echo.default.svc.cluster.local",
+            ),
+        ],
+    )
+    .await;
+    let page = world.pod("productpage-v1");
+    let reviews = "http://reviews:9080/";
+    eventually(
+        Duration::from_secs(30),
+        "reviews through the sidecars",
+        async || (call(page, reviews, 1, &[]).of("reviews-v1") == 1).then_some(()),
+    )
+    .await;
+
+    // virtual-service-all-v1: every request to v1, over mTLS from productpage's identity.
+    let calls = call(page, reviews, 100, &[]);
+    assert_eq!(
+        calls.of("reviews-v1"),
+        100,
+        "{calls:?}\n{}",
+        world.envoy_logs()
+    );
+    assert_eq!(calls.peers.get(PRODUCTPAGE_ID), Some(&100), "{calls:?}");
+
+    // Request routing by header (virtual-service-reviews-jason-v2-v3).
+    world.write(
+        "reviews.yaml",
+        &bookinfo("virtual-service-reviews-jason-v2-v3.yaml"),
+    );
+    eventually(Duration::from_secs(10), "the jason rule", async || {
+        (call(page, reviews, 1, &["end-user: jason"]).of("reviews-v2") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        call(page, reviews, 50, &["end-user: jason"]).of("reviews-v2"),
+        50
+    );
+    assert_eq!(call(page, reviews, 50, &[]).of("reviews-v3"), 50);
+
+    // Weighted shifting, Istio's 90/10 file, over 1,000 requests.
+    world.write(
+        "reviews.yaml",
+        &bookinfo("virtual-service-reviews-90-10.yaml"),
+    );
+    eventually(Duration::from_secs(10), "the 90/10 split", async || {
+        (call(page, reviews, 20, &[]).of("reviews-v1") > 0).then_some(())
+    })
+    .await;
+    let calls = call(page, reviews, 1000, &[]);
+    eprintln!("90/10: {calls:?}");
+    assert_eq!(calls.failed(), 0, "{calls:?}");
+    assert_eq!(
+        calls.of("reviews-v1") + calls.of("reviews-v2"),
+        1000,
+        "{calls:?}"
+    );
+    // Binomial(1000, 0.9): sd ≈ 9.5; ±5 sd.
+    assert!((852..=948).contains(&calls.of("reviews-v1")), "{calls:?}");
+
+    // A live edit to 50/50 (v1/v3) during traffic: no request fails, nothing restarts.
+    let traffic = std::thread::spawn({
+        let cmd = client(page, reviews, 600, 4, &[]);
+        move || run_client(cmd)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    world.write(
+        "reviews.yaml",
+        &bookinfo("virtual-service-reviews-50-v3.yaml"),
+    );
+    let during = tokio::task::block_in_place(|| traffic.join().unwrap());
+    assert_eq!(during.failed(), 0, "failed during the edit: {during:?}");
+    eventually(Duration::from_secs(10), "the 50/50 split", async || {
+        (call(page, reviews, 20, &[]).of("reviews-v3") > 0).then_some(())
+    })
+    .await;
+    let calls = call(page, reviews, 1000, &[]);
+    eprintln!("50/50: {calls:?}");
+    assert_eq!(calls.failed(), 0, "{calls:?}");
+    assert_eq!(
+        calls.of("reviews-v1") + calls.of("reviews-v3"),
+        1000,
+        "{calls:?}"
+    );
+    // Binomial(1000, 0.5): sd ≈ 15.8; ±5 sd.
+    assert!((421..=579).contains(&calls.of("reviews-v1")), "{calls:?}");
+
+    // Inbound was captured into the callee's sidecar and arrived over mTLS, never plaintext;
+    // productpage's sidecar made the TLS handshakes.
+    for v in ["reviews-v1", "reviews-v3"] {
+        let mtls = world.stat(v, "http.inbound_9080_mtls.downstream_rq_total");
+        let plain = world.stat(v, "http.inbound_9080_plaintext.downstream_rq_total");
+        assert!(
+            mtls > 100 && plain == 0,
+            "{v}: {mtls} mTLS, {plain} plaintext requests"
+        );
+    }
+    let handshakes = world.stat(
+        "productpage-v1",
+        "cluster.outbound|9080|v1|reviews.default.svc.cluster.local.ssl.handshake",
+    );
+    assert!(handshakes > 0, "no TLS handshakes to reviews v1");
+
+    // TCP traffic shifting: all to v1, then 80/20.
+    let echo = "tcp://tcp-echo:9000";
+    eventually(
+        Duration::from_secs(10),
+        "tcp-echo through the sidecars",
+        async || (call(page, echo, 1, &[]).of("tcp-echo-v1 hello") == 1).then_some(()),
+    )
+    .await;
+    assert_eq!(call(page, echo, 100, &[]).of("tcp-echo-v1 hello"), 100);
+    world.write("tcp-echo.yaml", &tcp_echo_split(80, 20));
+    eventually(Duration::from_secs(10), "the 80/20 TCP split", async || {
+        (call(page, echo, 30, &[]).of("tcp-echo-v2 hello") > 0).then_some(())
+    })
+    .await;
+    let calls = call(page, echo, 1000, &[]);
+    eprintln!("tcp-echo 80/20: {calls:?}");
+    assert_eq!(calls.failed(), 0, "{calls:?}");
+    // Binomial(1000, 0.8): sd ≈ 12.6; ±5 sd.
+    assert!(
+        (737..=863).contains(&calls.of("tcp-echo-v1 hello")),
+        "{calls:?}"
+    );
+    let tcp_mtls = world.stat("tcp-echo-v2", "tcp.inbound_9000_mtls.downstream_cx_total");
+    assert!(tcp_mtls > 50, "tcp-echo-v2: {tcp_mtls} mTLS connections");
+}
+
+/// Istio's other traffic tasks from a captured client: fault abort, request timeout, retries,
+/// circuit breaking, outlier ejection, and REGISTRY_ONLY against a MESH_EXTERNAL
+/// ServiceEntry, then ALLOW_ANY set live, which lets the unknown host through the
+/// original-destination passthrough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_traffic_tasks_under_iptables_capture() {
+    let ip = |last: u8| Ipv4Addr::new(198, 18, 2, last);
+    let http = "{number: 80, name: http, protocol: HTTP}";
+    let mut c = String::new();
+    let backends: [(&str, &[u8]); 5] = [
+        ("ratings", &[41]),
+        ("details", &[42]),
+        ("flaky", &[43]),
+        ("httpbin", &[44]),
+        ("pool", &[45, 46]),
+    ];
+    for (i, (name, last)) in backends.iter().enumerate() {
+        let eps: Vec<String> = last
+            .iter()
+            .map(|l| format!("{{address: {}}}", ip(*l)))
+            .collect();
+        c += &service_entry(
+            name,
+            &format!("198.19.2.{}", i + 1),
+            http,
+            &format!("endpoints: [{}]", eps.join(", ")),
+        );
+    }
+    c += &workload(
+        "productpage-v1",
+        &ip(10).to_string(),
+        "app: productpage",
+        "bookinfo-productpage",
+    );
+    c += &format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external}}
+spec:
+  hosts: [api.external.test]
+  ports: [{http}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {}}}]
+---
+# These backends have no sidecar: plaintext to them.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: all-plaintext}}
+spec:
+  host: \"*.default.svc.cluster.local\"
+  trafficPolicy: {{tls: {{mode: DISABLE}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: httpbin}}
+spec:
+  host: httpbin
+  trafficPolicy:
+    tls: {{mode: DISABLE}}
+    connectionPool:
+      tcp: {{maxConnections: 1}}
+      http: {{http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: pool}}
+spec:
+  host: pool
+  trafficPolicy:
+    tls: {{mode: DISABLE}}
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: ratings}}
+spec:
+  hosts: [ratings]
+  http:
+  - fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: ratings}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: details}}
+spec:
+  hosts: [details]
+  http:
+  - timeout: 300ms
+    route: [{{destination: {{host: details}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: flaky}}
+spec:
+  hosts: [flaky]
+  http:
+  - retries: {{attempts: 3, retryOn: 5xx}}
+    route: [{{destination: {{host: flaky}}}}]
+",
+        ip(50)
+    );
+    let mut hosts: Vec<(Ipv4Addr, String)> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            (
+                Ipv4Addr::new(198, 19, 2, i as u8 + 1),
+                format!("{name} {name}.default.svc.cluster.local"),
+            )
+        })
+        .collect();
+    hosts.push((ip(50), "api.external.test".into()));
+    hosts.push((ip(51), "unknown.example.test".into()));
+    let hosts: Vec<(Ipv4Addr, &str)> = hosts.iter().map(|(a, n)| (*a, n.as_str())).collect();
+    let world = World::start(
+        "tk",
+        &[
+            ("tasks.yaml", c),
+            (
+                "mesh.yaml",
+                "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n".into(),
+            ),
+        ],
+        &[
+            pod(
+                "productpage-v1",
+                ip(10),
+                None,
+                Some((20110, "bookinfo-productpage")),
+            ),
+            pod("ratings", ip(41), Some(&["--http", "80"]), None),
+            pod(
+                "details",
+                ip(42),
+                Some(&["--http", "80", "--delay-ms", "3000"]),
+                None,
+            ),
+            pod("flaky", ip(43), Some(&["--http", "80", "--flaky"]), None),
+            pod(
+                "httpbin",
+                ip(44),
+                Some(&["--http", "80", "--delay-ms", "300"]),
+                None,
+            ),
+            pod(
+                "pool-broken",
+                ip(45),
+                Some(&["--http", "80", "--status", "500"]),
+                None,
+            ),
+            pod("pool-healthy", ip(46), Some(&["--http", "80"]), None),
+            pod("external", ip(50), Some(&["--http", "80"]), None),
+            pod("unknown", ip(51), Some(&["--http", "80"]), None),
+        ],
+        &hosts,
+    )
+    .await;
+    let page = world.pod("productpage-v1");
+    eventually(Duration::from_secs(30), "routes from ADS", async || {
+        (call(page, "http://ratings/", 1, &[]).status(418) == 1).then_some(())
+    })
+    .await;
+
+    // Fault injection: every request aborted with 418, the backend never reached.
+    let calls = call(page, "http://ratings/", 20, &[]);
+    assert_eq!(calls.status(418), 20, "{calls:?}");
+    // Request timeout: the 3 s backend is cut at 300 ms with 504.
+    let calls = call(page, "http://details/", 2, &[]);
+    assert_eq!(calls.status(504), 2, "{calls:?}");
+    // Retries: every other answer is 503; with retries on 5xx every request succeeds.
+    let calls = run_client(client(page, "http://flaky/", 20, 1, &[]));
+    assert_eq!(calls.of("flaky"), 20, "{calls:?}");
+    // Circuit breaking: one connection, one pending request; concurrent callers beyond that
+    // get 503 with x-envoy-overloaded.
+    let calls = run_client(client(page, "http://httpbin/", 16, 8, &[]));
+    assert!(
+        calls.of("httpbin") >= 1 && calls.overloaded >= 1,
+        "{calls:?}"
+    );
+    assert_eq!(calls.of("httpbin") + calls.overloaded, 16, "{calls:?}");
+    // Outlier detection: the endpoint answering 500 is ejected after its first failure.
+    let calls = run_client(client(page, "http://pool/", 4, 1, &[]));
+    assert!(calls.status(500) <= 1, "{calls:?}");
+    let calls = run_client(client(page, "http://pool/", 30, 1, &[]));
+    assert_eq!(calls.of("pool-healthy"), 30, "{calls:?}");
+
+    // REGISTRY_ONLY: the unknown host is blocked, the MESH_EXTERNAL ServiceEntry reachable.
+    let calls = call(page, "http://unknown.example.test/", 3, &[]);
+    assert_eq!(calls.status(502), 3, "{calls:?}\n{}", world.envoy_logs());
+    let calls = call(page, "http://api.external.test/", 3, &[]);
+    assert_eq!(calls.of("external"), 3, "{calls:?}");
+    // ALLOW_ANY, set live: the unknown host goes through to its original destination.
+    world.write("mesh.yaml", "outboundTrafficPolicy: {mode: ALLOW_ANY}\n");
+    eventually(Duration::from_secs(10), "ALLOW_ANY in force", async || {
+        (call(page, "http://unknown.example.test/", 1, &[]).of("unknown") == 1).then_some(())
+    })
+    .await;
+    let calls = call(page, "http://unknown.example.test/", 10, &[]);
+    assert_eq!(calls.of("unknown"), 10, "{calls:?}");
+}
+
+/// `node-agent iptables` applies the redirect twice to the same rules and `--cleanup` leaves
+/// the nat table as it found it.
+#[test]
+fn the_iptables_command_is_idempotent_and_cleans_up() {
+    let net = Network::new("ipt");
+    let pod = net.pod("p", Ipv4Addr::new(198, 18, 3, 2), &[]);
+    let nat = || {
+        let out = pod.run("iptables-save", &["-t", "nat"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with('-') || l.starts_with(':'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+    };
+    let before = nat();
+    pod.run(AGENT, &["iptables", "-u", "20001", "-x", "198.19.9.0/24"]);
+    let once = nat();
+    pod.run(AGENT, &["iptables", "-u", "20001", "-x", "198.19.9.0/24"]);
+    assert_eq!(nat(), once, "applying twice changes nothing");
+    for want in [
+        "-A PREROUTING -p tcp -j CITADEL_INBOUND",
+        "-A OUTPUT -p tcp -j CITADEL_OUTPUT",
+        "-A CITADEL_OUTPUT -m owner --uid-owner 20001 -j RETURN",
+        "-A CITADEL_OUTPUT -d 198.19.9.0/24 -j RETURN",
+        "-A CITADEL_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+    ] {
+        assert!(
+            once.iter().any(|l| l == want),
+            "missing {want:?} in {once:#?}"
+        );
+    }
+    pod.run(AGENT, &["iptables", "--cleanup"]);
+    assert_eq!(nat(), before);
+    // A bad flag names the flag and the value, and changes nothing.
+    let out = pod
+        .command(AGENT)
+        .args(["iptables", "-i", "198.19.0.1/16"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--outbound-ip-ranges") && err.contains("host bits"),
+        "{err}"
+    );
+    assert_eq!(nat(), before);
+}
