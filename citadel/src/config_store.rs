@@ -26,8 +26,13 @@ pub trait ConfigStore: Send + Sync {
     fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>>;
 }
 
-/// Quiet time before a burst of file changes is loaded (an editor writes several events).
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Quiet time before a burst of file changes is loaded: an editor's save or a `cp -r` emits
+/// its events within a few milliseconds, and an endpoint change should reach proxies in well
+/// under 100 ms. A file caught half-written fails validation, keeps the last good
+/// configuration, and loads on its next event.
+pub const DEBOUNCE: Duration = Duration::from_millis(25);
+/// A directory that never goes quiet is still loaded this often.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
 /// A watched directory of manifests.
 #[derive(Debug)]
@@ -162,7 +167,7 @@ impl DirStore {
     }
 
     /// Watches the directory until the returned guard is dropped; reloads after each quiet
-    /// [`DEBOUNCE`] following changes.
+    /// [`DEBOUNCE`] following changes, or [`DEBOUNCE_MAX`] after the first of them.
     pub fn watch(self: &Arc<Self>) -> Result<WatchGuard, StoreError> {
         let (events, mut rx) = mpsc::unbounded_channel::<()>();
         let mut watcher =
@@ -184,8 +189,13 @@ impl DirStore {
         let store = self.clone();
         let task = tokio::spawn(async move {
             while rx.recv().await.is_some() {
-                // Debounce: wait until the directory has been quiet for DEBOUNCE.
-                while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                let first = tokio::time::Instant::now();
+                while first.elapsed() < DEBOUNCE_MAX {
+                    match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                        Ok(Some(())) => {}
+                        _ => break,
+                    }
+                }
                 let store = store.clone();
                 let _ = tokio::task::spawn_blocking(move || store.reload()).await;
             }

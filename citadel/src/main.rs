@@ -1,6 +1,11 @@
 //! The `citadel` binary: parse the command line, set up logging, run.
 use clap::Parser;
 
+// jemalloc: a full push to many proxies allocates and frees large response buffers at once;
+// glibc keeps that peak resident, jemalloc returns it (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()

@@ -185,6 +185,8 @@ pub async fn serve(
         service: Arc::new(service.clone()),
         config: crate::xds::prepare(config_rx),
         versions: Arc::new(sds::VersionSource::new(&rng_instance(&*service.rng))),
+        latest: Default::default(),
+        pushes: Arc::new(tokio::sync::Semaphore::new(crate::xds::PUSH_THROTTLE)),
         metrics: metrics.clone(),
     };
 

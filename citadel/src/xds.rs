@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use sds::grpc::{AdsHandler, ResponseStream};
 use sds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use sds::wire::{WireDeltaDiscoveryResponse, WireDiscoveryResponse};
-use sds::{AdsStream, DeltaAdsStream, NamedResource, Resources, VersionSource};
+use sds::{AdsStream, DeltaAdsStream, NamedResource, Publication, Resources, VersionSource};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -57,10 +57,12 @@ pub fn prepare(mut store: watch::Receiver<Arc<Snapshot>>) -> watch::Receiver<Arc
     rx
 }
 
-/// One proxy class's resources by type URL, each encoded once and versioned by its content.
-pub type Typed = HashMap<&'static str, Resources>;
+/// One proxy class's resources by type URL, each encoded once and versioned by its content,
+/// published as the successors of the class's previous ones (so streams apply only what
+/// changed, and a type that did not change is the same publication and costs nothing).
+pub type Typed = HashMap<&'static str, Arc<Publication>>;
 
-fn encode(r: ProxyResources, versions: &VersionSource) -> Typed {
+fn encode(r: ProxyResources, versions: &VersionSource) -> HashMap<&'static str, Resources> {
     fn of<M: prost::Name>(
         items: Vec<M>,
         name: impl Fn(&M) -> String,
@@ -70,8 +72,8 @@ fn encode(r: ProxyResources, versions: &VersionSource) -> Typed {
             .into_iter()
             .map(|m| {
                 let n = name(&m);
-                let mut named = NamedResource::of_message(n.clone(), "", &m);
-                named.version = versions.of_content(&named.encoded);
+                let mut named = NamedResource::of_message(n.as_str(), "", &m);
+                named.version = versions.of_content(&named.encoded).into();
                 (n, named)
             })
             .collect()
@@ -94,7 +96,15 @@ pub struct Ads {
     pub config: watch::Receiver<Arc<Prepared>>,
     pub versions: Arc<VersionSource>,
     pub metrics: Arc<Metrics>,
+    /// The latest publications of each proxy class, which the next ones follow.
+    pub latest: Arc<std::sync::Mutex<HashMap<ProxyClass, Arc<Typed>>>>,
+    /// Rounds of responses being handed to streams at once (Istio's push throttle): bounds the
+    /// memory of encoding a full push to every proxy at the same moment.
+    pub pushes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Concurrent push rounds, as istiod's `PILOT_PUSH_THROTTLE` default.
+pub const PUSH_THROTTLE: usize = 100;
 
 impl std::fmt::Debug for Ads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -126,15 +136,35 @@ impl Ads {
             .classes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(class)
+            .entry(class.clone())
             .or_default()
             .clone();
         cell.get_or_init(|| async {
             let resources = generate_with(&prepared.snapshot.config, &prepared.registry, proxy);
-            Arc::new(encode(resources, &self.versions))
+            let encoded = encode(resources, &self.versions);
+            self.publish(class, encoded)
         })
         .await
         .clone()
+    }
+
+    /// Publishes a class's new resources as successors of its latest ones.
+    fn publish(&self, class: ProxyClass, encoded: HashMap<&'static str, Resources>) -> Arc<Typed> {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = latest.get(&class);
+        let typed: Typed = encoded
+            .into_iter()
+            .map(|(t, r)| {
+                let next = match previous.and_then(|p| p.get(t)) {
+                    Some(prev) => Publication::successor(prev, r),
+                    None => Arc::new(Publication::new(r)),
+                };
+                (t, next)
+            })
+            .collect();
+        let typed = Arc::new(typed);
+        latest.insert(class, typed.clone());
+        typed
     }
 
     fn note_nack(&self, proxy: &Proxy, type_url: &str, message: &str) {
@@ -251,7 +281,8 @@ impl Ads {
             .await?
             .ok_or_else(|| Status::invalid_argument("stream ended before its first request"))?;
         let proxy = self.admit(&identity, F::node(&first))?;
-        let (tx, rx) = mpsc::channel(16);
+        // One response queued at a time: a slow proxy holds back its own stream, not memory.
+        let (tx, rx) = mpsc::channel(1);
         tokio::spawn(self.clone().serve::<F>(proxy, first, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -284,9 +315,15 @@ impl Ads {
                     self.note_nack(&proxy, type_url, message);
                 }
             }
-            for resp in stream.due(&current, &self.versions) {
-                if tx.send(Ok(resp)).await.is_err() {
+            let due = stream.due(&current, &self.versions);
+            if !due.is_empty() {
+                let Ok(_permit) = self.pushes.acquire().await else {
                     return;
+                };
+                for resp in due {
+                    if tx.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
                 }
             }
             match next(&mut inbound, &mut config, &tx).await {

@@ -165,7 +165,7 @@ impl SdsServer {
                             .await;
                         return;
                     }
-                    if let Some(resp) = stream.next_response(&resources, &self.versions)
+                    if let Some(resp) = stream.next_response(&resources, None, &self.versions)
                         && tx.send(Ok(resp.into())).await.is_err()
                     {
                         return;
@@ -224,7 +224,7 @@ impl SdsServer {
                 }
                 // Unknown names need no error here: delta reports them in removed_resources.
                 Visible::Ready { resources, .. } => {
-                    if let Some(resp) = stream.next_response(&resources, &self.versions)
+                    if let Some(resp) = stream.next_response(&resources, None, &self.versions)
                         && tx.send(Ok(resp.into())).await.is_err()
                     {
                         return;

@@ -152,7 +152,7 @@ impl SecretView {
         build: impl FnOnce() -> secret::Type,
     ) -> NamedResource {
         match self.built.get(name) {
-            Some(r) if r.version == version => r.clone(),
+            Some(r) if *r.version == *version => r.clone(),
             _ => {
                 let r = named(name, version, build());
                 self.built.insert(name.to_string(), r.clone());

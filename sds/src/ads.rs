@@ -5,19 +5,19 @@
 //! endpoint response. Endpoint resources are named by their cluster (Istio's layout), so the
 //! names that changed in CDS are the names to re-send in EDS.
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 
 use crate::delta::DeltaStream;
-use crate::resource::Resources;
+use crate::resource::{Publication, Resources};
 use crate::sotw::SotwStream;
 use crate::types::{CLUSTER, ENDPOINT, push_rank};
 use crate::version::VersionSource;
 use crate::wire::{WireDeltaDiscoveryResponse, WireDiscoveryResponse};
 use crate::{ProtocolError, Step};
 
-static EMPTY: LazyLock<Resources> = LazyLock::new(Resources::new);
+static EMPTY: LazyLock<Arc<Publication>> = LazyLock::new(Arc::default);
 
 /// The per-type protocol state of one ADS flavour (state of the world or delta).
 pub trait TypeStream: Default {
@@ -25,9 +25,15 @@ pub trait TypeStream: Default {
     type Response;
     fn type_url_of(req: &Self::Request) -> &str;
     fn apply(&mut self, req: &Self::Request) -> Result<Step, ProtocolError>;
-    fn respond(&mut self, current: &Resources, versions: &VersionSource) -> Option<Self::Response>;
-    fn changed(&self) -> &[String];
-    fn forget_names(&mut self, names: &[String]);
+    /// The response due for `current`; `hint` as in [`SotwStream::next_response`].
+    fn respond(
+        &mut self,
+        current: &Resources,
+        hint: Option<&[Arc<str>]>,
+        versions: &VersionSource,
+    ) -> Option<Self::Response>;
+    fn changed(&self) -> &[Arc<str>];
+    fn forget_names(&mut self, names: &[Arc<str>]);
 }
 
 impl TypeStream for SotwStream {
@@ -39,14 +45,19 @@ impl TypeStream for SotwStream {
     fn apply(&mut self, req: &DiscoveryRequest) -> Result<Step, ProtocolError> {
         self.handle_request(req)
     }
-    fn respond(&mut self, c: &Resources, v: &VersionSource) -> Option<Self::Response> {
-        self.next_response(c, v)
+    fn respond(
+        &mut self,
+        c: &Resources,
+        hint: Option<&[Arc<str>]>,
+        v: &VersionSource,
+    ) -> Option<Self::Response> {
+        self.next_response(c, hint, v)
     }
-    fn changed(&self) -> &[String] {
+    fn changed(&self) -> &[Arc<str>] {
         self.last_changed()
     }
-    fn forget_names(&mut self, names: &[String]) {
-        self.forget(names);
+    fn forget_names(&mut self, names: &[Arc<str>]) {
+        self.forget(names.iter().map(|n| &**n));
     }
 }
 
@@ -59,21 +70,36 @@ impl TypeStream for DeltaStream {
     fn apply(&mut self, req: &DeltaDiscoveryRequest) -> Result<Step, ProtocolError> {
         self.handle_request(req)
     }
-    fn respond(&mut self, c: &Resources, v: &VersionSource) -> Option<Self::Response> {
-        self.next_response(c, v)
+    fn respond(
+        &mut self,
+        c: &Resources,
+        hint: Option<&[Arc<str>]>,
+        v: &VersionSource,
+    ) -> Option<Self::Response> {
+        self.next_response(c, hint, v)
     }
-    fn changed(&self) -> &[String] {
+    fn changed(&self) -> &[Arc<str>] {
         self.last_changed()
     }
-    fn forget_names(&mut self, names: &[String]) {
-        self.forget(names);
+    fn forget_names(&mut self, names: &[Arc<str>]) {
+        self.forget(names.iter().map(|n| &**n));
     }
 }
 
 /// An ADS stream: the state of each type, by type URL.
 #[derive(Debug)]
 pub struct Ads<S> {
-    by_url: BTreeMap<String, S>,
+    by_url: BTreeMap<String, TypeState<S>>,
+}
+
+/// One type of an ADS stream, and the publication its client is up to date with.
+#[derive(Debug, Default)]
+struct TypeState<S> {
+    stream: S,
+    /// The publication the client was last brought up to date with.
+    synced: Option<u64>,
+    /// A request or a forced re-send changed what is due since then.
+    dirty: bool,
 }
 
 /// A state-of-the-world ADS stream.
@@ -100,15 +126,15 @@ impl<S: TypeStream> Ads<S> {
         if type_url.is_empty() {
             return Err(ProtocolError::MissingTypeUrl);
         }
-        self.by_url
-            .entry(type_url.to_string())
-            .or_default()
-            .apply(req)
+        let state = self.by_url.entry(type_url.to_string()).or_default();
+        let step = state.stream.apply(req)?;
+        state.dirty |= step == Step::Respond;
+        Ok(step)
     }
 
     /// The state of one type, once the client has asked for it.
     pub fn stream(&self, type_url: &str) -> Option<&S> {
-        self.by_url.get(type_url)
+        self.by_url.get(type_url).map(|t| &t.stream)
     }
 
     /// The type URLs the client asked for, in push order.
@@ -118,24 +144,36 @@ impl<S: TypeStream> Ads<S> {
         urls
     }
 
-    /// Every response now due, in push order. `current` gives this client's resources of a type
-    /// (`None`: none exist).
+    /// Every response now due, in push order. `current` gives this client's publication of a
+    /// type (`None`: none exist). A type whose publication the client is already up to date
+    /// with costs nothing; one that follows it costs only what changed.
     pub fn next_responses<'a>(
         &mut self,
-        current: impl Fn(&str) -> Option<&'a Resources>,
+        current: impl Fn(&str) -> Option<&'a Arc<Publication>>,
         versions: &VersionSource,
     ) -> Vec<S::Response> {
         let mut out = Vec::new();
         for url in self.type_urls() {
-            let resources = current(&url).unwrap_or(&EMPTY);
-            let stream = self.by_url.get_mut(&url).expect("listed above");
-            let Some(response) = stream.respond(resources, versions) else {
+            let publication = current(&url).unwrap_or(&EMPTY);
+            let state = self.by_url.get_mut(&url).expect("listed above");
+            if !state.dirty && state.synced == Some(publication.id) {
+                continue;
+            }
+            let hint = match (&publication.since, state.dirty) {
+                (Some((base, names)), false) if state.synced == Some(*base) => Some(&names[..]),
+                _ => None,
+            };
+            let response = state.stream.respond(&publication.resources, hint, versions);
+            state.synced = Some(publication.id);
+            state.dirty = false;
+            let Some(response) = response else {
                 continue;
             };
             if url == CLUSTER {
-                let changed = stream.changed().to_vec();
+                let changed = state.stream.changed().to_vec();
                 if let Some(eds) = self.by_url.get_mut(ENDPOINT) {
-                    eds.forget_names(&changed);
+                    eds.stream.forget_names(&changed);
+                    eds.dirty |= !changed.is_empty();
                 }
             }
             out.push(response);
@@ -153,6 +191,7 @@ mod tests {
     use super::*;
     use crate::resource::NamedResource;
     use crate::types::{LISTENER, ROUTE, SECRET};
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
     fn res(type_url: &str, pairs: &[(&str, &str)]) -> Resources {
         pairs
@@ -181,10 +220,10 @@ mod tests {
         }
     }
 
-    type World = HashMap<&'static str, Resources>;
+    type World = HashMap<&'static str, Arc<Publication>>;
 
     fn world(cluster_version: &str) -> World {
-        HashMap::from([
+        let types: HashMap<&'static str, Resources> = HashMap::from([
             (
                 CLUSTER,
                 res(CLUSTER, &[("c1", cluster_version), ("c2", "1")]),
@@ -193,7 +232,11 @@ mod tests {
             (LISTENER, res(LISTENER, &[("l1", "1")])),
             (ROUTE, res(ROUTE, &[("r1", "1")])),
             (SECRET, res(SECRET, &[("default", "1")])),
-        ])
+        ]);
+        types
+            .into_iter()
+            .map(|(t, r)| (t, Arc::new(Publication::new(r))))
+            .collect()
     }
 
     fn types_of(responses: &[WireDiscoveryResponse]) -> Vec<&str> {
@@ -305,5 +348,106 @@ mod tests {
             [vec!["c1"], vec!["c1"]],
             "delta CDS then the re-sent EDS"
         );
+    }
+
+    /// What a round of responses carried: per type, the names sent (delta: and removed).
+    fn carried_sotw(rs: &[WireDiscoveryResponse]) -> Vec<(String, Vec<Vec<u8>>)> {
+        rs.iter()
+            .map(|r| {
+                (
+                    r.type_url.clone(),
+                    r.resources.iter().map(|b| b.to_vec()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn carried_delta(rs: &[WireDeltaDiscoveryResponse]) -> Vec<(String, Vec<String>, Vec<String>)> {
+        rs.iter()
+            .map(|r| {
+                let mut names: Vec<String> = r
+                    .resources
+                    .iter()
+                    .map(|x| format!("{}@{}", x.name, x.version))
+                    .collect();
+                names.sort();
+                (r.type_url.clone(), names, r.removed_resources.clone())
+            })
+            .collect()
+    }
+
+    fn state(type_url: &str, versions: &[u8]) -> Resources {
+        let pairs: Vec<(String, String)> = versions
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v > 0)
+            .map(|(i, v)| (format!("n{i}"), v.to_string()))
+            .collect();
+        let refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        res(type_url, &refs)
+    }
+
+    proptest::proptest! {
+        /// A stream fed successive publications (comparing only what each names as changed,
+        /// sometimes missing one) sends exactly what a stream comparing everything sends.
+        #[test]
+        fn following_publications_sends_what_a_full_comparison_sends(
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(0u8..3, 4), proptest::collection::vec(0u8..3, 4), proptest::bool::ANY),
+                1..20,
+            )
+        ) {
+            let v = VersionSource::new(b"p");
+            let names = ["n0", "n1", "n3"];
+            let mut hinted = AdsStream::new();
+            let mut full = AdsStream::new();
+            let mut dhinted = DeltaAdsStream::new();
+            let mut dfull = DeltaAdsStream::new();
+            for ads in [&mut hinted, &mut full] {
+                ads.handle_request(&sotw(CLUSTER, &[], None)).unwrap();
+                ads.handle_request(&sotw(ENDPOINT, &names, None)).unwrap();
+            }
+            for ads in [&mut dhinted, &mut dfull] {
+                for (t, n) in [(CLUSTER, &["*"][..]), (ENDPOINT, &names[..])] {
+                    ads.handle_request(&DeltaDiscoveryRequest {
+                        type_url: t.into(),
+                        resource_names_subscribe: n.iter().map(|s| s.to_string()).collect(),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                }
+            }
+            let mut published: Option<HashMap<&str, Arc<Publication>>> = None;
+            for (clusters, endpoints, skip) in steps {
+                let now = HashMap::from([
+                    (CLUSTER, state(CLUSTER, &clusters)),
+                    (ENDPOINT, state(ENDPOINT, &endpoints)),
+                ]);
+                let fresh: HashMap<&str, Arc<Publication>> = now
+                    .iter()
+                    .map(|(t, r)| (*t, Arc::new(Publication::new(r.clone()))))
+                    .collect();
+                let next: HashMap<&str, Arc<Publication>> = match &published {
+                    Some(prev) => now
+                        .iter()
+                        .map(|(t, r)| (*t, Publication::successor(&prev[t], r.clone())))
+                        .collect(),
+                    None => fresh.clone(),
+                };
+                published = Some(next.clone());
+                if skip {
+                    continue; // the hinted streams miss this publication
+                }
+                let a = hinted.next_responses(|t| next.get(t), &v);
+                let b = full.next_responses(|t| fresh.get(t), &v);
+                proptest::prop_assert_eq!(carried_sotw(&a), carried_sotw(&b));
+                let a = dhinted.next_responses(|t| next.get(t), &v);
+                let b = dfull.next_responses(|t| fresh.get(t), &v);
+                proptest::prop_assert_eq!(carried_delta(&a), carried_delta(&b));
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! resources are sent, names that do not exist go to `removed_resources`, subscription changes
 //! apply even with a stale nonce, and `initial_resource_versions` is honoured on reconnect.
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
@@ -14,7 +15,7 @@ use crate::{Nack, ProtocolError, Step};
 /// What the client was last told about a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Told {
-    Has(String),
+    Has(Arc<str>),
     DoesNotExist,
 }
 
@@ -25,10 +26,10 @@ pub struct DeltaStream {
     names: BTreeSet<String>,
     wildcard: bool,
     started: bool,
-    told: BTreeMap<String, Told>,
+    told: BTreeMap<Arc<str>, Told>,
     last_nonce: Option<String>,
     last_nack: Option<Nack>,
-    last_changed: Vec<String>,
+    last_changed: Vec<Arc<str>>,
 }
 
 impl DeltaStream {
@@ -53,13 +54,13 @@ impl DeltaStream {
     }
 
     /// The names the last response added or changed.
-    pub fn last_changed(&self) -> &[String] {
+    pub fn last_changed(&self) -> &[Arc<str>] {
         &self.last_changed
     }
 
     /// Makes the next response carry `names` again even if unchanged (Envoy finishes warming a
     /// changed cluster only on a fresh endpoint response).
-    pub fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+    pub fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
         for name in names {
             if matches!(self.told.get(name), Some(Told::Has(_))) {
                 self.told.remove(name);
@@ -87,7 +88,8 @@ impl DeltaStream {
         let wildcard_type = self.type_url.as_deref().is_some_and(is_wildcard_type);
         if first {
             for (name, version) in &req.initial_resource_versions {
-                self.told.insert(name.clone(), Told::Has(version.clone()));
+                self.told
+                    .insert(name.as_str().into(), Told::Has(version.as_str().into()));
             }
             if wildcard_type
                 && req.resource_names_subscribe.is_empty()
@@ -105,10 +107,10 @@ impl DeltaStream {
                 // A (re)subscribed name must be (re)sent even if the client had it before,
                 // unless this is the reconnect that declared what the client holds.
                 if !first {
-                    self.told.remove(name);
+                    self.told.remove(name.as_str());
                 }
                 changed = true;
-            } else if !self.told.contains_key(name) {
+            } else if !self.told.contains_key(name.as_str()) {
                 changed = true;
             }
         }
@@ -119,7 +121,7 @@ impl DeltaStream {
                 self.names.remove(name);
             }
             if !self.wildcard {
-                self.told.remove(name);
+                self.told.remove(name.as_str());
             }
             changed = true;
         }
@@ -138,48 +140,55 @@ impl DeltaStream {
         self.wildcard || self.names.contains(name)
     }
 
-    /// The changes to send for `current`, or `None` when the client is up to date.
+    /// The changes to send for `current`, or `None` when the client is up to date. With
+    /// `hint`, the client is known to be up to date with a state that differs from `current` only
+    /// in the hinted names, and only those are looked at.
     pub fn next_response(
         &mut self,
         current: &Resources,
+        hint: Option<&[Arc<str>]>,
         versions: &VersionSource,
     ) -> Option<WireDeltaDiscoveryResponse> {
         let type_url = self.type_url.clone()?;
         let mut resources = Vec::new();
         let mut removed = Vec::new();
-        let visible: Vec<_> = current.values().filter(|r| self.wants(&r.name)).collect();
-        for r in visible {
-            if self.told.get(&r.name) != Some(&Told::Has(r.version.clone())) {
-                resources.push(WireResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: r.encoded.clone(),
-                });
-                self.told
-                    .insert(r.name.clone(), Told::Has(r.version.clone()));
+        match hint {
+            Some(names) => {
+                let wanted: Vec<&Arc<str>> = names.iter().filter(|n| self.wants(n)).collect();
+                for name in wanted {
+                    match current.get(&**name) {
+                        Some(r) => self.tell(r, &mut resources),
+                        None => self.tell_gone(name, &mut removed),
+                    }
+                }
             }
-        }
-        // Explicit names that do not exist, and held names that disappeared.
-        let gone: Vec<String> = self
-            .names
-            .iter()
-            .chain(self.told.keys())
-            .filter(|n| !current.contains_key(*n) && self.wants(n))
-            .filter(|n| self.told.get(*n) != Some(&Told::DoesNotExist))
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        for name in gone {
-            self.told.insert(name.clone(), Told::DoesNotExist);
-            removed.push(name);
+            None => {
+                let visible: Vec<_> = current.values().filter(|r| self.wants(&r.name)).collect();
+                for r in visible {
+                    self.tell(r, &mut resources);
+                }
+                // Explicit names that do not exist, and held names that disappeared.
+                let gone: BTreeSet<Arc<str>> = self
+                    .names
+                    .iter()
+                    .map(|n| Arc::from(n.as_str()))
+                    .chain(self.told.keys().cloned())
+                    .filter(|n| !current.contains_key(&**n) && self.wants(n))
+                    .collect();
+                for name in gone {
+                    self.tell_gone(&name, &mut removed);
+                }
+            }
         }
         if resources.is_empty() && removed.is_empty() {
             return None;
         }
         let nonce = versions.next();
         self.last_nonce = Some(nonce.clone());
-        self.last_changed = resources.iter().map(|r| r.name.clone()).collect();
+        self.last_changed = resources
+            .iter()
+            .map(|r: &WireResource| Arc::from(r.name.as_str()))
+            .collect();
         Some(WireDeltaDiscoveryResponse {
             system_version_info: versions.next(),
             resources,
@@ -187,6 +196,28 @@ impl DeltaStream {
             removed_resources: removed,
             nonce,
         })
+    }
+
+    /// Adds `r` to the response unless the client has this version.
+    fn tell(&mut self, r: &crate::NamedResource, out: &mut Vec<WireResource>) {
+        if matches!(self.told.get(&*r.name), Some(Told::Has(v)) if *v == r.version) {
+            return;
+        }
+        out.push(WireResource {
+            name: r.name.to_string(),
+            version: r.version.to_string(),
+            resource: r.encoded.clone(),
+        });
+        self.told
+            .insert(r.name.clone(), Told::Has(r.version.clone()));
+    }
+
+    /// Reports `name` removed unless the client already knows it does not exist.
+    fn tell_gone(&mut self, name: &Arc<str>, out: &mut Vec<String>) {
+        if self.told.get(&**name) != Some(&Told::DoesNotExist) {
+            self.told.insert(name.clone(), Told::DoesNotExist);
+            out.push(name.to_string());
+        }
     }
 }
 
@@ -237,20 +268,20 @@ mod tests {
             Step::Respond
         );
         let r = s
-            .next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), &v)
+            .next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), None, &v)
             .unwrap();
         assert_eq!(names(&r), ["ROOTCA", "default"]);
         assert_eq!(r.removed_resources, ["nope"]);
         assert!(
-            s.next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), &v)
+            s.next_response(&res(&[("default", "1"), ("ROOTCA", "1")]), None, &v)
                 .is_none()
         );
         let r = s
-            .next_response(&res(&[("default", "2"), ("ROOTCA", "1")]), &v)
+            .next_response(&res(&[("default", "2"), ("ROOTCA", "1")]), None, &v)
             .unwrap();
         assert_eq!(names(&r), ["default"]);
         assert!(r.removed_resources.is_empty());
-        let r = s.next_response(&res(&[("ROOTCA", "1")]), &v).unwrap();
+        let r = s.next_response(&res(&[("ROOTCA", "1")]), None, &v).unwrap();
         assert_eq!(r.removed_resources, ["default"]);
     }
 
@@ -264,7 +295,7 @@ mod tests {
             .insert("a".into(), "1".into());
         s.handle_request(&first).unwrap();
         let r = s
-            .next_response(&res(&[("a", "1"), ("b", "1")]), &v)
+            .next_response(&res(&[("a", "1"), ("b", "1")]), None, &v)
             .unwrap();
         assert_eq!(names(&r), ["b"]);
     }
@@ -275,16 +306,16 @@ mod tests {
         let mut s = DeltaStream::new();
         s.handle_request(&sub(&["a"], &[], "")).unwrap();
         let current = res(&[("a", "1"), ("b", "1")]);
-        let _ = s.next_response(&current, &v).unwrap();
+        let _ = s.next_response(&current, None, &v).unwrap();
         assert_eq!(
             s.handle_request(&sub(&["b"], &[], "stale-nonce")).unwrap(),
             Step::Respond
         );
-        assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["b"]);
+        assert_eq!(names(&s.next_response(&current, None, &v).unwrap()), ["b"]);
         // Unsubscribing needs no response and stops updates for that name.
         s.handle_request(&sub(&[], &["a"], "")).unwrap();
         assert!(
-            s.next_response(&res(&[("a", "2"), ("b", "1")]), &v)
+            s.next_response(&res(&[("a", "2"), ("b", "1")]), None, &v)
                 .is_none()
         );
     }
@@ -298,11 +329,14 @@ mod tests {
         s.handle_request(&first).unwrap();
         assert!(s.is_wildcard());
         let current = res(&[("a", "1"), ("b", "1")]);
-        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 2);
+        assert_eq!(
+            s.next_response(&current, None, &v).unwrap().resources.len(),
+            2
+        );
         let mut again = sub(&["a"], &[], "");
         again.type_url = LISTENER.into();
         s.handle_request(&again).unwrap();
-        assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["a"]);
+        assert_eq!(names(&s.next_response(&current, None, &v).unwrap()), ["a"]);
     }
 
     #[test]
@@ -313,17 +347,17 @@ mod tests {
         s.handle_request(&sub(&[], &[], "")).unwrap();
         assert!(!s.is_wildcard());
         assert!(
-            s.next_response(&current, &v).is_none(),
+            s.next_response(&current, None, &v).is_none(),
             "nothing asked, nothing sent"
         );
         s.handle_request(&sub(&["*"], &[], "")).unwrap();
         assert!(!s.is_wildcard());
-        assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["*"]);
+        assert_eq!(names(&s.next_response(&current, None, &v).unwrap()), ["*"]);
         s.handle_request(&sub(&["a"], &[], "")).unwrap();
-        assert_eq!(names(&s.next_response(&current, &v).unwrap()), ["a"]);
-        assert_eq!(s.last_changed(), ["a"]);
-        s.forget([&"a".to_string(), &"never-sent".to_string()]);
-        let again = s.next_response(&current, &v).unwrap();
+        assert_eq!(names(&s.next_response(&current, None, &v).unwrap()), ["a"]);
+        assert_eq!(s.last_changed(), [Arc::from("a")]);
+        s.forget(["a", "never-sent"]);
+        let again = s.next_response(&current, None, &v).unwrap();
         assert_eq!(names(&again), ["a"]);
         assert!(again.removed_resources.is_empty());
     }
@@ -333,7 +367,7 @@ mod tests {
         let v = VersionSource::new(b"d");
         let mut s = DeltaStream::new();
         s.handle_request(&sub(&["a"], &[], "")).unwrap();
-        let r = s.next_response(&res(&[("a", "1")]), &v).unwrap();
+        let r = s.next_response(&res(&[("a", "1")]), None, &v).unwrap();
         let mut nack = sub(&[], &[], "old");
         nack.error_detail = Some(Default::default());
         s.handle_request(&nack).unwrap();
@@ -347,7 +381,7 @@ mod tests {
         s.handle_request(&nack).unwrap();
         assert_eq!(s.last_nack().unwrap().message, "no");
         assert!(
-            s.next_response(&res(&[("a", "1")]), &v).is_none(),
+            s.next_response(&res(&[("a", "1")]), None, &v).is_none(),
             "a NACKed version is not resent"
         );
     }

@@ -1,7 +1,8 @@
 //! The ADS gRPC service, with responses written from resources encoded once ([`crate::wire`])
 //! rather than through the generated service (which would make every stream re-copy every
-//! resource into a fresh `DiscoveryResponse`). Requests decode as the ordinary protos; the
-//! responses are wire-identical to `DiscoveryResponse` and `DeltaDiscoveryResponse`.
+//! resource into a fresh `DiscoveryResponse`), in bounded chunks ([`crate::frames`]).
+//! Requests decode as the ordinary protos; the responses are wire-identical to
+//! `DiscoveryResponse` and `DeltaDiscoveryResponse`.
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,12 +10,17 @@ use std::task::{Context, Poll};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use futures_core::Stream;
+use tonic::codec::Codec;
 use tonic::codegen::{Body, BoxFuture, StdError, http};
-use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
+use crate::frames::{Framed, GrpcBody};
 use crate::wire::{WireDeltaDiscoveryResponse, WireDiscoveryResponse};
+
+/// The largest request accepted (an EDS subscription to 100,000 clusters is about 8 MB).
+pub const MAX_REQUEST: usize = 32 << 20;
 
 /// A stream of responses or the status that ends it.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -57,29 +63,43 @@ impl<H> NamedService for AdsService<H> {
     const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 }
 
-struct Sotw<H>(Arc<H>);
-
-impl<H: AdsHandler> StreamingService<DiscoveryRequest> for Sotw<H> {
-    type Response = WireDiscoveryResponse;
-    type ResponseStream = ResponseStream<WireDiscoveryResponse>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let handler = self.0.clone();
-        Box::pin(async move { handler.stream(request).await })
+/// Runs one streaming call: requests decoded by tonic, the handler's responses written by
+/// [`GrpcBody`], a refusal as a trailers-only response.
+async fn streaming<Req, Resp, B, F, Fut>(
+    req: http::Request<B>,
+    handler: F,
+) -> http::Response<tonic::body::Body>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: Framed + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+    F: FnOnce(Request<Streaming<Req>>) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<ResponseStream<Resp>>, Status>>,
+{
+    if let Some(enc) = req.headers().get("grpc-encoding")
+        && enc.as_bytes() != b"identity"
+    {
+        return Status::unimplemented(format!(
+            "request compression {:?} is not supported",
+            String::from_utf8_lossy(enc.as_bytes())
+        ))
+        .into_http();
     }
-}
-
-struct Delta<H>(Arc<H>);
-
-impl<H: AdsHandler> StreamingService<DeltaDiscoveryRequest> for Delta<H> {
-    type Response = WireDeltaDiscoveryResponse;
-    type ResponseStream = ResponseStream<WireDeltaDiscoveryResponse>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let handler = self.0.clone();
-        Box::pin(async move { handler.delta(request).await })
+    let decoder = ProstCodec::<Resp, Req>::default().decoder();
+    let req = req.map(|body| Streaming::new_request(decoder, body, None, Some(MAX_REQUEST)));
+    match handler(Request::from_http(req)).await {
+        Err(status) => status.into_http(),
+        Ok(resp) => {
+            let (metadata, stream, _) = resp.into_parts();
+            let mut http = http::Response::new(tonic::body::Body::new(GrpcBody::new(stream)));
+            *http.headers_mut() = metadata.into_headers();
+            http.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            http
+        }
     }
 }
 
@@ -91,7 +111,7 @@ const DELTA_PATH: &str =
 impl<H, B> tonic::codegen::Service<http::Request<B>> for AdsService<H>
 where
     H: AdsHandler,
-    B: Body + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -106,13 +126,22 @@ where
         let handler = self.handler.clone();
         match req.uri().path() {
             STREAM_PATH => Box::pin(async move {
-                let codec = ProstCodec::<WireDiscoveryResponse, DiscoveryRequest>::default();
-                Ok(Grpc::new(codec).streaming(Sotw(handler), req).await)
+                Ok(
+                    streaming::<DiscoveryRequest, WireDiscoveryResponse, _, _, _>(
+                        req,
+                        |r| async move { handler.stream(r).await },
+                    )
+                    .await,
+                )
             }),
             DELTA_PATH => Box::pin(async move {
-                let codec =
-                    ProstCodec::<WireDeltaDiscoveryResponse, DeltaDiscoveryRequest>::default();
-                Ok(Grpc::new(codec).streaming(Delta(handler), req).await)
+                Ok(
+                    streaming::<DeltaDiscoveryRequest, WireDeltaDiscoveryResponse, _, _, _>(
+                        req,
+                        |r| async move { handler.delta(r).await },
+                    )
+                    .await,
+                )
             }),
             _ => Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) }),
         }

@@ -9,6 +9,7 @@
 pub mod ads;
 pub mod client;
 pub mod delta;
+pub mod frames;
 pub mod grpc;
 pub mod names;
 pub mod resource;
@@ -19,7 +20,7 @@ pub mod wire;
 
 pub use ads::{AdsStream, DeltaAdsStream};
 pub use delta::DeltaStream;
-pub use resource::{NamedResource, Resources};
+pub use resource::{NamedResource, Publication, Resources};
 pub use sotw::SotwStream;
 pub use version::VersionSource;
 

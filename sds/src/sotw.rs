@@ -1,6 +1,7 @@
 //! State-of-the-world streams (`DiscoveryRequest`/`DiscoveryResponse`), following the xDS
 //! protocol's ACK/NACK, nonce and subscription rules.
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
@@ -40,10 +41,10 @@ pub struct SotwStream {
     subscription: Subscription,
     ever_named: bool,
     last_nonce: Option<String>,
-    /// name → resource version in the last response.
-    sent: Option<BTreeMap<String, String>>,
+    /// name → resource version the client holds (shared with the resources themselves).
+    sent: Option<BTreeMap<Arc<str>, Arc<str>>>,
     /// The names the last response added or changed.
-    last_changed: Vec<String>,
+    last_changed: Vec<Arc<str>>,
     acked_version: Option<String>,
     last_nack: Option<Nack>,
 }
@@ -70,13 +71,13 @@ impl SotwStream {
     }
 
     /// The names the last response carried because they were new or changed.
-    pub fn last_changed(&self) -> &[String] {
+    pub fn last_changed(&self) -> &[Arc<str>] {
         &self.last_changed
     }
 
     /// Makes the next response carry `names` again even if unchanged (Envoy finishes warming a
     /// changed cluster only on a fresh endpoint response).
-    pub fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a String>) {
+    pub fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
         if let Some(sent) = &mut self.sent {
             for name in names {
                 sent.remove(name);
@@ -152,7 +153,9 @@ impl SotwStream {
     }
 
     /// The response to send for `current`, or `None` when the client already has exactly this.
-    /// Call after a `Step::Respond`, and whenever the server's resources change.
+    /// Call after a `Step::Respond`, and whenever the server's resources change. With `hint`,
+    /// the client is known to hold a state that differs from `current` only in the hinted
+    /// names, and only those are compared.
     ///
     /// For the types the spec makes state-of-the-world complete (Listener and Cluster) every
     /// response carries every wanted resource, since a missing one means deleted. For the other
@@ -161,29 +164,54 @@ impl SotwStream {
     pub fn next_response(
         &mut self,
         current: &Resources,
+        hint: Option<&[Arc<str>]>,
         versions: &VersionSource,
     ) -> Option<WireDiscoveryResponse> {
         let type_url = self.type_url.clone()?;
-        let wanted: BTreeMap<String, String> = current
-            .values()
-            .filter(|r| self.subscription.wants(&r.name))
-            .map(|r| (r.name.clone(), r.version.clone()))
-            .collect();
-        let sent = self.sent.as_ref();
-        let changed: Vec<String> = wanted
-            .iter()
-            .filter(|(name, version)| sent.and_then(|s| s.get(*name)) != Some(*version))
-            .map(|(name, _)| name.clone())
-            .collect();
-        let send: Vec<&String> = if is_full_state_type(&type_url) {
-            if sent == Some(&wanted) {
+        let full_state = is_full_state_type(&type_url);
+        let (changed, set_changed) = match (hint, self.sent.as_mut()) {
+            (Some(names), Some(sent)) => {
+                let mut changed = Vec::new();
+                let mut set_changed = false;
+                for name in names.iter().filter(|n| self.subscription.wants(n)) {
+                    match current.get(&**name) {
+                        Some(r) if sent.get(&**name) != Some(&r.version) => {
+                            sent.insert(r.name.clone(), r.version.clone());
+                            changed.push(r.name.clone());
+                        }
+                        Some(_) => {}
+                        None => set_changed |= sent.remove(&**name).is_some(),
+                    }
+                }
+                (changed, set_changed)
+            }
+            _ => {
+                let wanted: BTreeMap<Arc<str>, Arc<str>> = current
+                    .values()
+                    .filter(|r| self.subscription.wants(&r.name))
+                    .map(|r| (r.name.clone(), r.version.clone()))
+                    .collect();
+                let sent = self.sent.as_ref();
+                let changed: Vec<Arc<str>> = wanted
+                    .iter()
+                    .filter(|(name, version)| sent.and_then(|s| s.get(*name)) != Some(*version))
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                let first = sent.is_none();
+                let set_changed = first || sent.is_some_and(|s| s.len() != wanted.len());
+                self.sent = Some(wanted);
+                (changed, set_changed)
+            }
+        };
+        let send: Vec<&Arc<str>> = if full_state {
+            if changed.is_empty() && !set_changed {
                 return None;
             }
-            wanted.keys().collect()
+            self.sent.as_ref().expect("set above").keys().collect()
         } else {
             // The first response is due even when nothing exists yet (an empty answer).
-            if changed.is_empty() && self.sent.is_some() {
-                self.sent = Some(wanted);
+            let first = self.last_nonce.is_none();
+            if changed.is_empty() && !first {
                 return None;
             }
             changed.iter().collect()
@@ -192,10 +220,8 @@ impl SotwStream {
         let nonce = versions.next();
         let resources = send
             .iter()
-            .map(|n| current[n.as_str()].encoded.clone())
+            .map(|n| current[&***n].encoded.clone())
             .collect();
-        // What the client holds now: every wanted resource (it keeps the ones not re-sent).
-        self.sent = Some(wanted);
         self.last_changed = changed;
         self.last_nonce = Some(nonce.clone());
         Some(WireDiscoveryResponse {
@@ -262,7 +288,7 @@ mod tests {
                 .unwrap(),
             Step::Respond
         );
-        let r = s.next_response(&current, &v).unwrap();
+        let r = s.next_response(&current, None, &v).unwrap();
         assert_eq!(r.resources.len(), 2);
         assert_eq!(
             s.handle_request(&req(&["default", "ROOTCA"], &r.version_info, &r.nonce))
@@ -271,7 +297,7 @@ mod tests {
         );
         assert_eq!(s.acked_version(), Some(r.version_info.as_str()));
         assert!(
-            s.next_response(&current, &v).is_none(),
+            s.next_response(&current, None, &v).is_none(),
             "nothing changed, nothing sent"
         );
     }
@@ -281,8 +307,12 @@ mod tests {
         let v = VersionSource::new(b"t");
         let mut s = SotwStream::new();
         s.handle_request(&req(&["default"], "", "")).unwrap();
-        let r1 = s.next_response(&res(&[("default", "1")]), &v).unwrap();
-        let r2 = s.next_response(&res(&[("default", "2")]), &v).unwrap();
+        let r1 = s
+            .next_response(&res(&[("default", "1")]), None, &v)
+            .unwrap();
+        let r2 = s
+            .next_response(&res(&[("default", "2")]), None, &v)
+            .unwrap();
         assert_ne!(r1.version_info, r2.version_info);
         assert_ne!(r1.nonce, r2.nonce);
         // An ACK for the older nonce is stale: ignored, and does not count as an ACK.
@@ -300,7 +330,7 @@ mod tests {
         let mut s = SotwStream::new();
         s.handle_request(&req(&["default"], "", "")).unwrap();
         let current = res(&[("default", "1")]);
-        let r = s.next_response(&current, &v).unwrap();
+        let r = s.next_response(&current, None, &v).unwrap();
         let mut nack = req(&["default"], "", &r.nonce);
         nack.error_detail = Some(Status {
             code: 3,
@@ -309,9 +339,10 @@ mod tests {
         });
         assert_eq!(s.handle_request(&nack).unwrap(), Step::Wait);
         assert_eq!(s.last_nack().unwrap().message, "bad cert");
-        assert!(s.next_response(&current, &v).is_none());
+        assert!(s.next_response(&current, None, &v).is_none());
         assert!(
-            s.next_response(&res(&[("default", "2")]), &v).is_some(),
+            s.next_response(&res(&[("default", "2")]), None, &v)
+                .is_some(),
             "a new version is sent"
         );
     }
@@ -324,14 +355,14 @@ mod tests {
             let mut s = SotwStream::new();
             let current = res(&[("a", "1"), ("b", "1")]);
             s.handle_request(&req_of(type_url, &["a"], "", "")).unwrap();
-            let r = s.next_response(&current, &v).unwrap();
+            let r = s.next_response(&current, None, &v).unwrap();
             assert_eq!(
                 s.handle_request(&req_of(type_url, &["a", "b"], &r.version_info, &r.nonce))
                     .unwrap(),
                 Step::Respond
             );
             let names: Vec<_> = s
-                .next_response(&current, &v)
+                .next_response(&current, None, &v)
                 .unwrap()
                 .resources
                 .iter()
@@ -348,25 +379,25 @@ mod tests {
         let mut s = SotwStream::new();
         s.handle_request(&req(&["a", "b", "c"], "", "")).unwrap();
         let first = s
-            .next_response(&res(&[("a", "1"), ("b", "1"), ("c", "1")]), &v)
+            .next_response(&res(&[("a", "1"), ("b", "1"), ("c", "1")]), None, &v)
             .unwrap();
         assert_eq!(first.resources.len(), 3);
         let rotated = s
-            .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), &v)
+            .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), None, &v)
             .unwrap();
         assert_eq!(rotated.resources.len(), 1);
         assert_eq!(value(&rotated, 0), b"b:2");
         assert!(
-            s.next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), &v)
+            s.next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), None, &v)
                 .is_none()
         );
         // A resource that went away and came back unchanged is sent again.
         assert!(
-            s.next_response(&res(&[("a", "1"), ("b", "2")]), &v)
+            s.next_response(&res(&[("a", "1"), ("b", "2")]), None, &v)
                 .is_none()
         );
         let back = s
-            .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), &v)
+            .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), None, &v)
             .unwrap();
         assert_eq!(back.resources.len(), 1);
         assert_eq!(value(&back, 0), b"c:1");
@@ -379,16 +410,19 @@ mod tests {
         let current = res(&[("a", "1"), ("b", "1")]);
         s.handle_request(&req_of(LISTENER, &[], "", "")).unwrap();
         assert!(s.subscription().is_wildcard());
-        let r = s.next_response(&current, &v).unwrap();
+        let r = s.next_response(&current, None, &v).unwrap();
         assert_eq!(r.resources.len(), 2);
         s.handle_request(&req_of(LISTENER, &["a"], &r.version_info, &r.nonce))
             .unwrap();
-        let r = s.next_response(&current, &v).unwrap();
+        let r = s.next_response(&current, None, &v).unwrap();
         assert_eq!(r.resources.len(), 1);
         // Once named, an empty list unsubscribes from everything.
         s.handle_request(&req_of(LISTENER, &[], &r.version_info, &r.nonce))
             .unwrap();
-        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 0);
+        assert_eq!(
+            s.next_response(&current, None, &v).unwrap().resources.len(),
+            0
+        );
         assert!(!s.subscription().is_wildcard());
     }
 
@@ -400,10 +434,13 @@ mod tests {
         let mut s = SotwStream::new();
         s.handle_request(&req(&[], "", "")).unwrap();
         assert!(!s.subscription().is_wildcard());
-        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 0);
+        assert_eq!(
+            s.next_response(&current, None, &v).unwrap().resources.len(),
+            0
+        );
         let mut s = SotwStream::new();
         s.handle_request(&req(&["*"], "", "")).unwrap();
-        let r = s.next_response(&current, &v).unwrap();
+        let r = s.next_response(&current, None, &v).unwrap();
         assert_eq!(r.resources.len(), 1, "only the resource named `*`");
         assert_eq!(value(&r, 0), b"*:1");
         // For clusters `*` is the wildcard, alongside explicit names.
@@ -412,7 +449,10 @@ mod tests {
             .unwrap();
         assert!(s.subscription().is_wildcard());
         assert_eq!(s.subscription().names().len(), 1);
-        assert_eq!(s.next_response(&current, &v).unwrap().resources.len(), 2);
+        assert_eq!(
+            s.next_response(&current, None, &v).unwrap().resources.len(),
+            2
+        );
     }
 
     #[test]
@@ -421,14 +461,14 @@ mod tests {
         let mut s = SotwStream::new();
         let current = res(&[("a", "1"), ("b", "1")]);
         s.handle_request(&req(&["a", "b"], "", "")).unwrap();
-        let r = s.next_response(&current, &v).unwrap();
-        assert_eq!(s.last_changed(), ["a", "b"]);
-        assert!(s.next_response(&current, &v).is_none());
-        s.forget([&"b".to_string()]);
-        let again = s.next_response(&current, &v).unwrap();
+        let r = s.next_response(&current, None, &v).unwrap();
+        assert_eq!(s.last_changed(), [Arc::from("a"), Arc::from("b")]);
+        assert!(s.next_response(&current, None, &v).is_none());
+        s.forget(["b"]);
+        let again = s.next_response(&current, None, &v).unwrap();
         assert_ne!(again.nonce, r.nonce);
         assert_eq!(value(&again, 0), b"b:1");
-        assert_eq!(s.last_changed(), ["b"]);
+        assert_eq!(s.last_changed(), [Arc::from("b")]);
     }
 
     #[test]
@@ -459,7 +499,7 @@ mod tests {
                 if nack { r.error_detail = Some(Status::default()); }
                 let _ = s.handle_request(&r);
                 let g = generation.to_string();
-                if let Some(resp) = s.next_response(&res(&[("a", &g), ("b", "1")]), &v) {
+                if let Some(resp) = s.next_response(&res(&[("a", &g), ("b", "1")]), None, &v) {
                     prop_assert!(nonces.insert(resp.nonce.clone()));
                     for any in &resp.resources {
                         let name = String::from_utf8_lossy(&decode_any(any).value).split(':').next().unwrap().to_string();

@@ -2,6 +2,7 @@
 //! talk: subscriptions, ACKs, NACKs that keep the last good set, removal in state-of-the-world,
 //! and reconnects that resend only what changed.
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -10,7 +11,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Dis
 use prost::Message;
 use sds::client::{DeltaClient, SotwClient};
 use sds::types::{CLUSTER, ENDPOINT};
-use sds::{AdsStream, DeltaAdsStream, NamedResource, Resources, Step, VersionSource};
+use sds::{AdsStream, DeltaAdsStream, NamedResource, Publication, Resources, Step, VersionSource};
 
 fn cluster(name: &str, timeout_s: i64) -> NamedResource {
     let c = Cluster {
@@ -32,8 +33,8 @@ fn endpoints(name: &str) -> NamedResource {
     NamedResource::of_message(name, "e1", &cla)
 }
 
-fn world(clusters: &[(&str, i64)]) -> HashMap<&'static str, Resources> {
-    HashMap::from([
+fn world(clusters: &[(&str, i64)]) -> HashMap<&'static str, Arc<Publication>> {
+    let types: HashMap<&'static str, Resources> = HashMap::from([
         (
             CLUSTER,
             clusters
@@ -48,7 +49,11 @@ fn world(clusters: &[(&str, i64)]) -> HashMap<&'static str, Resources> {
                 .map(|(n, _)| (n.to_string(), endpoints(n)))
                 .collect(),
         ),
-    ])
+    ]);
+    types
+        .into_iter()
+        .map(|(t, r)| (t, Arc::new(Publication::new(r))))
+        .collect()
 }
 
 /// What a client receives: the wire response decoded with the ordinary protos.
