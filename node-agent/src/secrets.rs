@@ -71,7 +71,7 @@ fn validation(bundles: &[&TrustBundle], spiffe: bool) -> secret::Type {
 pub enum Wanted<'a> {
     /// Wildcard (or an empty SotW list): every secret of the workload.
     All,
-    Names(&'a std::collections::BTreeSet<String>),
+    Names(&'a std::collections::BTreeSet<std::sync::Arc<str>>),
 }
 
 /// The secrets visible to a workload, or why it gets none.
@@ -229,12 +229,12 @@ impl SecretView {
             }
             Wanted::Names(names) => {
                 for name in names.iter().filter(|n| !is_bundle(n)) {
-                    if name == DEFAULT {
+                    if &**name == DEFAULT {
                         reads.push((DEFAULT.into(), first_id.clone()));
                     } else if let Some(id) = self.entitled_name(state, name) {
-                        reads.push((name.clone(), id));
+                        reads.push((name.to_string(), id));
                     } else {
-                        unknown.push(name.clone());
+                        unknown.push(name.to_string());
                     }
                 }
             }
@@ -258,7 +258,7 @@ impl SecretView {
             Wanted::All => vec![ROOTCA, ALL, td_id.as_str()],
             Wanted::Names(names) => names
                 .iter()
-                .map(String::as_str)
+                .map(|n| &**n)
                 .filter(|n| is_bundle(n))
                 .collect(),
         };

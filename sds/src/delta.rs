@@ -23,7 +23,7 @@ enum Told {
 #[derive(Debug, Default)]
 pub struct DeltaStream {
     type_url: Option<String>,
-    names: BTreeSet<String>,
+    names: BTreeSet<Arc<str>>,
     wildcard: bool,
     started: bool,
     told: BTreeMap<Arc<str>, Told>,
@@ -45,7 +45,7 @@ impl DeltaStream {
         self.wildcard
     }
 
-    pub fn subscribed(&self) -> &BTreeSet<String> {
+    pub fn subscribed(&self) -> &BTreeSet<Arc<str>> {
         &self.names
     }
 
@@ -103,7 +103,7 @@ impl DeltaStream {
             if name == "*" && wildcard_type {
                 changed |= !self.wildcard;
                 self.wildcard = true;
-            } else if self.names.insert(name.clone()) {
+            } else if self.names.insert(crate::intern::intern(name)) {
                 // A (re)subscribed name must be (re)sent even if the client had it before,
                 // unless this is the reconnect that declared what the client holds.
                 if !first {
@@ -118,7 +118,7 @@ impl DeltaStream {
             if name == "*" && wildcard_type {
                 self.wildcard = false;
             } else {
-                self.names.remove(name);
+                self.names.remove(name.as_str());
             }
             if !self.wildcard {
                 self.told.remove(name.as_str());
@@ -171,9 +171,9 @@ impl DeltaStream {
                 let gone: BTreeSet<Arc<str>> = self
                     .names
                     .iter()
-                    .map(|n| Arc::from(n.as_str()))
-                    .chain(self.told.keys().cloned())
-                    .filter(|n| !current.contains_key(&**n) && self.wants(n))
+                    .chain(self.told.keys())
+                    .filter(|n| !current.contains_key(&***n) && self.wants(n))
+                    .cloned()
                     .collect();
                 for name in gone {
                     self.tell_gone(&name, &mut removed);

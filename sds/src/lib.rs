@@ -11,6 +11,7 @@ pub mod client;
 pub mod delta;
 pub mod frames;
 pub mod grpc;
+pub mod intern;
 pub mod names;
 pub mod resource;
 pub mod sotw;

@@ -16,7 +16,7 @@ use crate::{Nack, ProtocolError, Step};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subscription {
     wildcard: bool,
-    names: BTreeSet<String>,
+    names: BTreeSet<Arc<str>>,
 }
 
 impl Subscription {
@@ -29,7 +29,7 @@ impl Subscription {
     }
 
     /// The names given explicitly (never `*` for a type that has a wildcard).
-    pub fn names(&self) -> &BTreeSet<String> {
+    pub fn names(&self) -> &BTreeSet<Arc<str>> {
         &self.names
     }
 }
@@ -139,12 +139,16 @@ impl SotwStream {
         let next = if wildcard_type {
             Subscription {
                 wildcard: legacy_wildcard || names.iter().any(|n| n == "*"),
-                names: names.iter().filter(|n| *n != "*").cloned().collect(),
+                names: names
+                    .iter()
+                    .filter(|n| *n != "*")
+                    .map(|n| crate::intern::intern(n))
+                    .collect(),
             }
         } else {
             Subscription {
                 wildcard: false,
-                names: names.iter().cloned().collect(),
+                names: names.iter().map(|n| crate::intern::intern(n)).collect(),
             }
         };
         let changed = next != self.subscription;
