@@ -749,10 +749,11 @@ async fn main() {
             .sum::<usize>() as f64
             / 1e6
     );
-    let floor = encode_floor(full, clients);
+    let (cpu, wall) = encode_floor(full, clients);
     println!(
-        "encode floor (prost encode + write to a socket, one thread): {:.2} ms per client",
-        floor * 1e3
+        "encode floor (prost encode + write to a socket, one thread): CPU {:.2} ms, elapsed {:.2} ms per client",
+        cpu * 1e3,
+        wall * 1e3
     );
 
     let Some(binary) = anchor else {
