@@ -152,6 +152,7 @@ impl DeltaStream {
         let type_url = self.type_url.clone()?;
         let mut resources = Vec::new();
         let mut removed = Vec::new();
+        self.last_changed.clear();
         match hint {
             Some(names) => {
                 let wanted: Vec<&Arc<str>> = names.iter().filter(|n| self.wants(n)).collect();
@@ -185,10 +186,6 @@ impl DeltaStream {
         }
         let nonce = versions.next();
         self.last_nonce = Some(nonce.clone());
-        self.last_changed = resources
-            .iter()
-            .map(|r: &WireResource| Arc::from(r.name.as_str()))
-            .collect();
         Some(WireDeltaDiscoveryResponse {
             system_version_info: versions.next(),
             resources,
@@ -210,6 +207,7 @@ impl DeltaStream {
         });
         self.told
             .insert(r.name.clone(), Told::Has(r.version.clone()));
+        self.last_changed.push(r.name.clone());
     }
 
     /// Reports `name` removed unless the client already knows it does not exist.

@@ -136,6 +136,18 @@ impl SotwStream {
         let wildcard_type = self.type_url.as_deref().is_some_and(is_wildcard_type);
         let legacy_wildcard = names.is_empty() && !self.ever_named;
         self.ever_named |= !names.is_empty();
+        let wildcard = wildcard_type && (legacy_wildcard || names.iter().any(|n| n == "*"));
+        // Most requests are ACKs repeating the subscription: recognise that without building
+        // (and interning) a new one.
+        let explicit = names.iter().filter(|n| !(wildcard_type && *n == "*"));
+        if wildcard == self.subscription.wildcard
+            && explicit.clone().count() == self.subscription.names.len()
+            && explicit
+                .clone()
+                .all(|n| self.subscription.names.contains(n.as_str()))
+        {
+            return false;
+        }
         let next = if wildcard_type {
             Subscription {
                 wildcard: legacy_wildcard || names.iter().any(|n| n == "*"),
