@@ -7,7 +7,7 @@
 //! through the agent's socket (forwarded with the sidecar's SVID).
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -478,6 +478,7 @@ spec:
     c += &service("flaky", "{address: 127.0.0.51}");
     c += &service("httpbin", "{address: 127.0.0.61}");
     c += &service("pool", "{address: 127.0.0.71}, {address: 127.0.0.72}");
+    c += &service("sticky", "{address: 127.0.0.75}, {address: 127.0.0.76}");
     c += &format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -552,6 +553,15 @@ spec:
   - route: [{{destination: {{host: reviews, subset: v1}}}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: sticky}}
+spec:
+  host: sticky
+  trafficPolicy:
+    tls: {{mode: DISABLE}}
+    loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}
+---
+apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: ratings}}
 spec:
@@ -617,6 +627,8 @@ async fn istios_traffic_management_tasks_on_envoy() {
         serve_backend("127.0.0.71", port, Behaviour::Broken).await,
         serve_backend("127.0.0.72", port, Behaviour::Ok("pool-healthy")).await,
         serve_backend("127.0.0.81", port, Behaviour::Ok("external")).await,
+        serve_backend("127.0.0.75", port, Behaviour::Ok("sticky-a")).await,
+        serve_backend("127.0.0.76", port, Behaviour::Ok("sticky-b")).await,
     ];
     let envoy_log = || mesh.envoy_log();
     let host = |name: &str| format!("{name}:{port}");
@@ -683,6 +695,17 @@ async fn istios_traffic_management_tasks_on_envoy() {
         let r = call(port, &host("pool"), &[]).await;
         assert_eq!((r.status, r.body.as_str()), (200, "pool-healthy"), "{r:?}");
     }
+    // Consistent hashing on a header: each user always reaches the same backend, and the users
+    // spread over both (20 users all on one of two backends: p = 2^-19).
+    let mut seen = BTreeMap::new();
+    for u in 0..20 {
+        let user = format!("user-{u}");
+        let bodies: BTreeSet<String> = bodies_for_user(port, &host("sticky"), &user).await;
+        assert_eq!(bodies.len(), 1, "{user} reached {bodies:?}");
+        *seen.entry(bodies.into_iter().next().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "users by backend: {seen:?}");
+
     // REGISTRY_ONLY: an unknown host is blocked (502), a MESH_EXTERNAL ServiceEntry reachable.
     let r = call(port, &format!("unknown.example.test:{port}"), &[]).await;
     assert_eq!(r.status, 502, "{r:?}");
@@ -693,6 +716,17 @@ async fn istios_traffic_management_tasks_on_envoy() {
         "{r:?}\n{}",
         envoy_log()
     );
+}
+
+/// What five requests as `user` got back.
+async fn bodies_for_user(port: u16, host: &str, user: &str) -> BTreeSet<String> {
+    let mut bodies = BTreeSet::new();
+    for _ in 0..5 {
+        let r = call(port, host, &[("x-user", user)]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        bodies.insert(r.body);
+    }
+    bodies
 }
 
 /// A TCP backend that answers each line with its version and the line.

@@ -438,6 +438,23 @@ pub fn inbound(ctx: &Ctx<'_>, ports: &[super::listeners::InboundPort]) -> Vec<Cl
         .collect()
 }
 
+/// The consistent-hash settings in force for `service`'s `subset` on `port`, as the proxy sees
+/// its DestinationRule (routes hash on what they name).
+pub fn consistent_hash<'a>(
+    ctx: &Ctx<'a>,
+    service: &Service,
+    subset: &str,
+    port: u32,
+) -> Option<&'a mesh::networking::ConsistentHashLb> {
+    let dr = destination_rule_for(ctx.config, &ctx.proxy.namespace, service)?;
+    let base = Policy::default().apply(dr.traffic_policy.as_ref(), port);
+    let policy = match dr.subsets.iter().find(|s| s.name == subset) {
+        Some(s) => base.apply(s.traffic_policy.as_ref(), port),
+        None => base,
+    };
+    policy.lb?.consistent_hash.as_ref()
+}
+
 /// Used by tests of DestinationRule merging.
 #[cfg(test)]
 pub(super) fn policy_tls_mode(

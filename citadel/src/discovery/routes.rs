@@ -42,7 +42,7 @@ use mesh::networking::{
     StringMatch,
 };
 
-use super::clusters::{PASSTHROUGH, outbound_name};
+use super::clusters::{PASSTHROUGH, consistent_hash, outbound_name};
 use super::services::{DOMAIN_SUFFIX, Registry, Service, resolve_host};
 use super::{Ctx, VirtualServices, any, duration, u32v};
 
@@ -68,12 +68,78 @@ pub fn outbound(
         })
         .collect();
     virtual_hosts.push(fallback(ctx));
+    for route in virtual_hosts.iter_mut().flat_map(|v| v.routes.iter_mut()) {
+        set_hash_policy(ctx, registry, route);
+    }
     RouteConfiguration {
         name: port.to_string(),
         virtual_hosts,
         validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
         ..Default::default()
     }
+}
+
+/// A route to a destination whose DestinationRule asks for consistent hashing hashes on what
+/// it names (header, cookie, source IP or query parameter), taken, as in Istio, from the
+/// route's first destination.
+fn set_hash_policy(ctx: &Ctx<'_>, registry: &Registry, route: &mut Route) {
+    use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+        ConnectionProperties, Cookie, CookieAttribute, Header, PolicySpecifier, QueryParameter,
+    };
+    let Some(Action::Route(action)) = &mut route.action else {
+        return;
+    };
+    let first = match &action.cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) => c.as_str(),
+        Some(ClusterSpecifier::WeightedClusters(w)) => match w.clusters.first() {
+            Some(c) => c.name.as_str(),
+            None => return,
+        },
+        _ => return,
+    };
+    let mut parts = first.splitn(4, '|');
+    let (Some("outbound"), Some(port), Some(subset), Some(host)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return;
+    };
+    let (Ok(port), Some(service)) = (port.parse::<u32>(), registry.find(host)) else {
+        return;
+    };
+    let Some(ch) = consistent_hash(ctx, service, subset, port) else {
+        return;
+    };
+    let specifier = if let Some(h) = &ch.http_header_name {
+        PolicySpecifier::Header(Header {
+            header_name: h.clone(),
+            ..Default::default()
+        })
+    } else if let Some(c) = &ch.http_cookie {
+        PolicySpecifier::Cookie(Cookie {
+            name: c.name.clone(),
+            path: c.path.clone().unwrap_or_default(),
+            ttl: c.ttl.map(|t| duration(t.as_duration())),
+            attributes: c
+                .attributes
+                .iter()
+                .map(|a| CookieAttribute {
+                    name: a.name.clone(),
+                    value: a.value.clone().unwrap_or_default(),
+                })
+                .collect(),
+        })
+    } else if ch.use_source_ip == Some(true) {
+        PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
+    } else if let Some(q) = &ch.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(QueryParameter { name: q.clone() })
+    } else {
+        return;
+    };
+    action.hash_policy = vec![HashPolicy {
+        policy_specifier: Some(specifier),
+        ..Default::default()
+    }];
 }
 
 /// What unknown hosts get: passthrough (ALLOW_ANY) or 502 (REGISTRY_ONLY), as Istio does.
