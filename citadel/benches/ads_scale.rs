@@ -42,27 +42,38 @@ use tokio_stream::StreamExt;
 
 const PORT: u32 = 8080;
 
-/// The mesh: services `svc-I.bench.svc.cluster.local`, endpoints on 198.18.0.0/15; `moved`
-/// shifts the first endpoint of service 0 (an endpoint change), `timeout` is the one
-/// VirtualService's timeout (a route change).
-fn mesh(services: usize, endpoints: usize, moved: usize, timeout_ms: u64) -> String {
-    let mut out = String::new();
-    for s in 0..services {
-        let eps: Vec<String> = (0..endpoints)
-            .map(|e| {
-                let n = s * endpoints + e + if s == 0 && e == 0 { moved * 50_000 } else { 0 };
-                format!("{{address: 198.18.{}.{}}}", (n / 250) % 250, n % 250 + 1)
-            })
-            .collect();
-        out += &format!(
-            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{s}, namespace: bench}}\nspec:\n  hosts: [svc-{s}.bench.svc.cluster.local]\n  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  endpoints: [{}]\n---\n",
-            eps.join(", ")
-        );
-    }
-    out += &format!(
+/// The mesh, one manifest per object as operators keep them: services
+/// `svc-I.bench.svc.cluster.local` (`svc-I.yaml`) with endpoints on 198.18.0.0/15, and one
+/// VirtualService (`vs.yaml`). `moved` shifts the first endpoint of service 0 (an endpoint
+/// change), `timeout_ms` is the VirtualService's route timeout (a route change).
+fn service_yaml(s: usize, endpoints: usize, moved: usize) -> String {
+    let eps: Vec<String> = (0..endpoints)
+        .map(|e| {
+            let n = s * endpoints + e + if s == 0 && e == 0 { moved * 50_000 } else { 0 };
+            format!("{{address: 198.18.{}.{}}}", (n / 250) % 250, n % 250 + 1)
+        })
+        .collect();
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: svc-{s}, namespace: bench}}\nspec:\n  hosts: [svc-{s}.bench.svc.cluster.local]\n  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  endpoints: [{}]\n",
+        eps.join(", ")
+    )
+}
+
+fn vs_yaml(timeout_ms: u64) -> String {
+    format!(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc-0, namespace: bench}}\nspec:\n  hosts: [svc-0]\n  http:\n  - timeout: {timeout_ms}ms\n    route: [{{destination: {{host: svc-0}}}}]\n"
-    );
-    out
+    )
+}
+
+fn write_mesh(dir: &Path, services: usize, endpoints: usize) {
+    for s in 0..services {
+        std::fs::write(
+            dir.join(format!("svc-{s}.yaml")),
+            service_yaml(s, endpoints, 0),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("vs.yaml"), vs_yaml(1000)).unwrap();
 }
 
 fn start_citadel(dir: &Path, config: &Path) -> (Child, String) {
@@ -376,9 +387,7 @@ trait Server {
 struct Citadel {
     child: Child,
     config: PathBuf,
-    services: usize,
     endpoints: usize,
-    changes: usize,
 }
 
 impl Server for Citadel {
@@ -386,11 +395,11 @@ impl Server for Citadel {
         self.child.id()
     }
     fn change(&mut self, c: usize) {
-        let text = match c {
-            0 => mesh(self.services, self.endpoints, self.changes, 2000),
-            c => mesh(self.services, self.endpoints, c, 1000),
+        let (file, text) = match c {
+            0 => ("vs.yaml".to_string(), vs_yaml(2000)),
+            c => ("svc-0.yaml".to_string(), service_yaml(0, self.endpoints, c)),
         };
-        std::fs::write(self.config.join("services.yaml"), text).unwrap();
+        std::fs::write(self.config.join(file), text).unwrap();
     }
 }
 
@@ -691,19 +700,13 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("mesh");
     std::fs::create_dir(&config).unwrap();
-    std::fs::write(
-        config.join("services.yaml"),
-        mesh(services, endpoints, 0, 1000),
-    )
-    .unwrap();
+    write_mesh(&config, services, endpoints);
     let data = dir.path().join("data");
     let (child, grpc) = start_citadel(&data, &config);
     let mut citadel = Citadel {
         child,
         config: config.clone(),
-        services,
         endpoints,
-        changes,
     };
     let bundle = TrustBundle::from_pem(
         pki::identity::parse_trust_domain("cluster.local").unwrap(),

@@ -41,6 +41,8 @@ pub struct DirStore {
     tx: watch::Sender<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     rejected: std::sync::Mutex<Vec<ConfigError>>,
+    /// The files as last parsed: a reload parses only those that changed.
+    files: std::sync::Mutex<mesh::FileCache>,
 }
 
 impl ConfigStore for DirStore {
@@ -72,10 +74,12 @@ fn join(errors: &[ConfigError]) -> String {
 impl DirStore {
     /// Loads `dir`; an invalid directory at start is an error (there is no last good config).
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<Arc<Self>, StoreError> {
-        let loaded = mesh::load_dir(dir).map_err(|errors| StoreError::Invalid {
-            dir: dir.to_path_buf(),
-            errors,
-        })?;
+        let mut files = mesh::FileCache::default();
+        let loaded =
+            mesh::load_dir_cached(dir, &mut files).map_err(|errors| StoreError::Invalid {
+                dir: dir.to_path_buf(),
+                errors,
+            })?;
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
@@ -95,12 +99,17 @@ impl DirStore {
             tx,
             metrics,
             rejected: Default::default(),
+            files: std::sync::Mutex::new(files),
         }))
     }
 
     /// Loads the directory again: applied if valid and different, else the last good stays.
     pub fn reload(&self) -> Result<bool, Vec<ConfigError>> {
-        match mesh::load_dir(&self.dir) {
+        let loaded = mesh::load_dir_cached(
+            &self.dir,
+            &mut self.files.lock().unwrap_or_else(|e| e.into_inner()),
+        );
+        match loaded {
             Ok(loaded) => {
                 self.rejected
                     .lock()

@@ -18,6 +18,6 @@ pub mod validate;
 
 pub use duration::GoDuration;
 pub use error::{ConfigError, Problem, Severity};
-pub use load::{Config, load_dir, load_file, load_str};
+pub use load::{Config, FileCache, load_dir, load_dir_cached, load_file, load_str};
 pub use mesh_config::MeshConfig;
 pub use meta::{Kind, Object, ObjectMeta, Spec};

@@ -1,7 +1,8 @@
 //! Loading Kubernetes-style YAML manifests (multi-document files, a directory of them, and its
 //! `mesh.yaml`) into typed, validated objects. Each problem names the file, the object and the
 //! field path. A directory loads as one snapshot: all of it, or the list of what is wrong.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::path::{Path as FsPath, PathBuf};
 
 use serde::Deserialize;
@@ -230,6 +231,53 @@ pub fn load_file(path: &FsPath) -> (Vec<Object>, Vec<ConfigError>) {
     }
 }
 
+/// What the files of a directory parsed to, kept between loads so a reload parses only the
+/// files whose content changed (a one-endpoint edit in a directory of a thousand manifests
+/// parses one file).
+#[derive(Debug, Default)]
+pub struct FileCache {
+    files: HashMap<PathBuf, CachedFile>,
+    parsed: u64,
+}
+
+#[derive(Debug)]
+struct CachedFile {
+    content: u64,
+    objects: Vec<Object>,
+    problems: Vec<ConfigError>,
+}
+
+impl FileCache {
+    /// How many times a file was parsed through this cache.
+    pub fn parsed(&self) -> u64 {
+        self.parsed
+    }
+
+    fn load_file(&mut self, path: &FsPath) -> (Vec<Object>, Vec<ConfigError>) {
+        let text = match read(path) {
+            Ok(t) => t,
+            Err(e) => return (vec![], vec![e]),
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        let content = h.finish();
+        if let Some(c) = self.files.get(path).filter(|c| c.content == content) {
+            return (c.objects.clone(), c.problems.clone());
+        }
+        let (objects, problems) = load_str(&text, Some(path));
+        self.parsed += 1;
+        self.files.insert(
+            path.to_path_buf(),
+            CachedFile {
+                content,
+                objects: objects.clone(),
+                problems: problems.clone(),
+            },
+        );
+        (objects, problems)
+    }
+}
+
 fn is_manifest(path: &FsPath) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
@@ -263,7 +311,13 @@ pub fn manifest_files(dir: &FsPath) -> Result<Vec<PathBuf>, ConfigError> {
 /// Loads a directory as one snapshot: every manifest, and `mesh.yaml` if present. Fails with
 /// every problem (errors first) when any object is invalid or two objects share a name.
 pub fn load_dir(dir: &FsPath) -> Result<Loaded, Vec<ConfigError>> {
+    load_dir_cached(dir, &mut FileCache::default())
+}
+
+/// [`load_dir`], parsing only the files whose content differs from what `cache` holds.
+pub fn load_dir_cached(dir: &FsPath, cache: &mut FileCache) -> Result<Loaded, Vec<ConfigError>> {
     let files = manifest_files(dir).map_err(|e| vec![e])?;
+    cache.files.retain(|p, _| files.contains(p));
     let mut loaded = Loaded::default();
     let mut problems = Vec::new();
     let mut seen: BTreeMap<(Kind, String, String), PathBuf> = BTreeMap::new();
@@ -281,7 +335,7 @@ pub fn load_dir(dir: &FsPath) -> Result<Loaded, Vec<ConfigError>> {
             }
             continue;
         }
-        let (objects, found) = load_file(&file);
+        let (objects, found) = cache.load_file(&file);
         problems.extend(found);
         for object in objects {
             let key = (
@@ -342,5 +396,44 @@ mod tests {
                 prop_assert!(crate::validate::object(o).iter().all(|p| p.severity != crate::Severity::Error));
             }
         }
+    }
+
+    #[test]
+    fn a_cached_reload_parses_only_the_files_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            std::fs::write(
+                dir.path().join(format!("vs{i}.yaml")),
+                vs(50, 50).replace("name: r}", &format!("name: r{i}}}")),
+            )
+            .unwrap();
+        }
+        let mut cache = FileCache::default();
+        let first = load_dir_cached(dir.path(), &mut cache).unwrap();
+        assert_eq!(cache.parsed(), 3);
+        assert_eq!(load_dir_cached(dir.path(), &mut cache).unwrap(), first);
+        assert_eq!(cache.parsed(), 3, "nothing changed, nothing parsed");
+        std::fs::write(
+            dir.path().join("vs1.yaml"),
+            vs(90, 10).replace("name: r}", "name: r1}"),
+        )
+        .unwrap();
+        let edited = load_dir_cached(dir.path(), &mut cache).unwrap();
+        assert_eq!(cache.parsed(), 4, "only the edited file");
+        assert_eq!(
+            edited,
+            load_dir(dir.path()).unwrap(),
+            "the same as a fresh load"
+        );
+        assert_ne!(edited, first);
+        std::fs::remove_file(dir.path().join("vs2.yaml")).unwrap();
+        let fewer = load_dir_cached(dir.path(), &mut cache).unwrap();
+        assert_eq!(fewer.config.objects.len(), 2);
+        // A bad edit is reported as without the cache, and a fix parses again.
+        std::fs::write(dir.path().join("vs0.yaml"), vs(101, 0)).unwrap();
+        assert_eq!(
+            load_dir_cached(dir.path(), &mut cache).unwrap_err(),
+            load_dir(dir.path()).unwrap_err()
+        );
     }
 }
