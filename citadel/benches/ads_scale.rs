@@ -90,7 +90,10 @@ fn start_citadel(dir: &Path, config: &Path) -> (Child, String) {
         ])
         .args(["--max-concurrent-handshakes", "1024", "--config-dir"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("CITADEL_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn citadel");

@@ -105,6 +105,7 @@ impl DirStore {
 
     /// Loads the directory again: applied if valid and different, else the last good stays.
     pub fn reload(&self) -> Result<bool, Vec<ConfigError>> {
+        let started = std::time::Instant::now();
         let loaded = mesh::load_dir_cached(
             &self.dir,
             &mut self.files.lock().unwrap_or_else(|e| e.into_inner()),
@@ -141,6 +142,7 @@ impl DirStore {
                     tracing::info!(
                         revision = snapshot.revision,
                         objects = snapshot.config.objects.len(),
+                        load_ms = started.elapsed().as_secs_f64() * 1e3,
                         "config applied"
                     );
                 }

@@ -49,7 +49,14 @@ pub fn prepare(mut store: watch::Receiver<Arc<Snapshot>>) -> watch::Receiver<Arc
     tokio::spawn(async move {
         while store.changed().await.is_ok() {
             let snapshot = store.borrow_and_update().clone();
-            if tx.send(Arc::new(Prepared::new(snapshot))).is_err() {
+            let started = std::time::Instant::now();
+            let prepared = Arc::new(Prepared::new(snapshot));
+            tracing::debug!(
+                revision = prepared.snapshot.revision,
+                registry_ms = started.elapsed().as_secs_f64() * 1e3,
+                "service registry built"
+            );
+            if tx.send(prepared).is_err() {
                 return;
             }
         }
@@ -140,9 +147,17 @@ impl Ads {
             .or_default()
             .clone();
         cell.get_or_init(|| async {
+            let started = std::time::Instant::now();
             let resources = generate_with(&prepared.snapshot.config, &prepared.registry, proxy);
             let encoded = encode(resources, &self.versions);
-            self.publish(class, encoded)
+            let typed = self.publish(class, encoded);
+            tracing::debug!(
+                revision = prepared.snapshot.revision,
+                proxy = %proxy.id,
+                translate_ms = started.elapsed().as_secs_f64() * 1e3,
+                "proxy class translated"
+            );
+            typed
         })
         .await
         .clone()
