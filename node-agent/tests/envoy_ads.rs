@@ -505,14 +505,6 @@ spec:
     captureMode: NONE
     hosts: [\"./*\", \"*/api.external.test\"]
 ---
-# The backends speak plain HTTP: no mTLS to them.
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: all-plaintext}}
-spec:
-  host: \"*.default.svc.cluster.local\"
-  trafficPolicy: {{tls: {{mode: DISABLE}}}}
----
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {{name: reviews}}
@@ -520,27 +512,6 @@ spec:
   host: reviews
   trafficPolicy: {{tls: {{mode: DISABLE}}}}
   subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: httpbin}}
-spec:
-  host: httpbin
-  trafficPolicy:
-    tls: {{mode: DISABLE}}
-    connectionPool:
-      tcp: {{maxConnections: 1}}
-      http: {{http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: pool}}
-spec:
-  host: pool
-  trafficPolicy:
-    tls: {{mode: DISABLE}}
-    loadBalancer: {{simple: ROUND_ROBIN}}
-    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -561,34 +532,9 @@ spec:
     tls: {{mode: DISABLE}}
     loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}
 ---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: ratings}}
-spec:
-  hosts: [ratings]
-  http:
-  - fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
-    route: [{{destination: {{host: ratings}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: details}}
-spec:
-  hosts: [details]
-  http:
-  - timeout: 300ms
-    route: [{{destination: {{host: details}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: flaky}}
-spec:
-  hosts: [flaky]
-  http:
-  - retries: {{attempts: 3, retryOn: 5xx}}
-    route: [{{destination: {{host: flaky}}}}]
 "
     );
+    c += ISTIO_TASKS;
     c
 }
 

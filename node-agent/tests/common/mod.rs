@@ -363,3 +363,64 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
 }
+
+/// Istio's traffic-management tasks as configuration, shared by the rootless and the captured
+/// tests: plaintext to backends without a sidecar, circuit breaking on `httpbin` (one
+/// connection, one pending request), outlier ejection on `pool`, a 418 abort on `ratings`, a
+/// 300 ms timeout on `details`, retries on 5xx for `flaky`.
+pub const ISTIO_TASKS: &str = "# These backends have no sidecar: plaintext to them.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: all-plaintext}
+spec:
+  host: \"*.default.svc.cluster.local\"
+  trafficPolicy: {tls: {mode: DISABLE}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  trafficPolicy:
+    tls: {mode: DISABLE}
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: pool}
+spec:
+  host: pool
+  trafficPolicy:
+    tls: {mode: DISABLE}
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m, maxEjectionPercent: 100}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: ratings}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: details}
+spec:
+  hosts: [details]
+  http:
+  - timeout: 300ms
+    route: [{destination: {host: details}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky}
+spec:
+  hosts: [flaky]
+  http:
+  - retries: {attempts: 3, retryOn: 5xx}
+    route: [{destination: {host: flaky}}]
+";
