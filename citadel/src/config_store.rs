@@ -120,13 +120,14 @@ impl DirStore {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
                 }
-                let changed = self.tx.send_if_modified(|current| {
-                    if current.config == loaded.config {
+                let config = loaded.config;
+                let changed = self.tx.send_if_modified(move |current| {
+                    if current.config == config {
                         return false;
                     }
                     *current = Arc::new(Snapshot {
                         revision: current.revision + 1,
-                        config: loaded.config.clone(),
+                        config,
                     });
                     true
                 });

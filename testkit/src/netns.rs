@@ -2,7 +2,7 @@
 //! joined to it by a veth pair, with an address from 198.18.0.0/15 and its own `/etc/hosts`
 //! (`/etc/netns/NAME/hosts`, which `ip netns exec` mounts). Nothing is ever created in or
 //! attached to the host's namespace; every namespace and hosts file goes on drop, and those of a
-//! test process that died are removed by the next one.
+//! test process that died (with the processes still running in them) are removed by the next.
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
@@ -44,6 +44,14 @@ fn remove_stale() {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // A test killed by a signal never ran its drops: stop what it left running inside.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &name]).output() {
+                let pids = String::from_utf8_lossy(&out.stdout);
+                let pids: Vec<&str> = pids.split_whitespace().collect();
+                if !pids.is_empty() {
+                    let _ = Command::new("kill").arg("-9").args(&pids).output();
+                }
+            }
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{name}"));
         }
