@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config_store::Snapshot;
 use crate::discovery::proxy::Proxy;
 use crate::discovery::services::Registry;
-use crate::discovery::{ProxyClass, ProxyResources, class_of, generate_with};
+use crate::discovery::{ProxyClass, ProxyResources, class_of, generate_for_hosts, generate_with};
 use crate::metrics::{Metrics, TypeLabels};
 use crate::service::CaService;
 
@@ -30,30 +30,64 @@ pub struct Prepared {
     pub snapshot: Arc<Snapshot>,
     pub registry: Registry,
     classes: std::sync::Mutex<HashMap<ProxyClass, Arc<tokio::sync::OnceCell<Arc<Typed>>>>>,
+    /// When only endpoints changed since the configuration before: the hosts whose endpoints
+    /// did, and that configuration, whose classes this one's then derive from (istiod's
+    /// incremental EDS). The one before is dropped once its successor is prepared.
+    endpoint_change: Option<(Vec<String>, std::sync::Mutex<Option<Arc<Prepared>>>)>,
 }
 
 impl Prepared {
-    fn new(snapshot: Arc<Snapshot>) -> Self {
+    fn new(snapshot: Arc<Snapshot>, previous: Option<Arc<Prepared>>) -> Self {
+        let registry = Registry::build(&snapshot.config);
+        let endpoint_change = previous.and_then(|p| {
+            // Only one configuration back is ever needed.
+            if let Some((_, before)) = &p.endpoint_change {
+                before.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
+            let hosts = crate::discovery::endpoint_only_change(
+                (&p.snapshot.config, &p.registry),
+                (&snapshot.config, &registry),
+            )?;
+            Some((hosts, std::sync::Mutex::new(Some(p))))
+        });
         Self {
-            registry: Registry::build(&snapshot.config),
+            registry,
             snapshot,
             classes: Default::default(),
+            endpoint_change,
         }
+    }
+
+    /// This configuration's hosts with new endpoints, the one before, and `class`'s resources
+    /// there, when `class` can be derived from them.
+    fn derivable(&self, class: &ProxyClass) -> Option<(&[String], Arc<Prepared>, Arc<Typed>)> {
+        let (hosts, before) = self.endpoint_change.as_ref()?;
+        let before = before.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let typed = before
+            .classes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(class)?
+            .get()?
+            .clone();
+        Some((hosts, before, typed))
     }
 }
 
 /// Keeps a [`Prepared`] for every snapshot the store publishes.
 pub fn prepare(mut store: watch::Receiver<Arc<Snapshot>>) -> watch::Receiver<Arc<Prepared>> {
     let first = store.borrow_and_update().clone();
-    let (tx, rx) = watch::channel(Arc::new(Prepared::new(first)));
+    let (tx, rx) = watch::channel(Arc::new(Prepared::new(first, None)));
     tokio::spawn(async move {
         while store.changed().await.is_ok() {
             let snapshot = store.borrow_and_update().clone();
             let started = std::time::Instant::now();
-            let prepared = Arc::new(Prepared::new(snapshot));
+            let previous = tx.borrow().clone();
+            let prepared = Arc::new(Prepared::new(snapshot, Some(previous)));
             tracing::debug!(
                 revision = prepared.snapshot.revision,
                 registry_ms = started.elapsed().as_secs_f64() * 1e3,
+                endpoint_only = prepared.endpoint_change.is_some(),
                 "service registry built"
             );
             if tx.send(prepared).is_err() {
@@ -96,6 +130,30 @@ fn encode(r: ProxyResources, versions: &VersionSource) -> HashMap<&'static str, 
     ])
 }
 
+/// A class's resources after an endpoint-only change: `base` (what it had before) with the
+/// clusters and endpoints of the changed hosts as they were (`old`) replaced by what they are
+/// now (`new`). Listeners and routes stay the same publications.
+fn derive(
+    base: &Typed,
+    old: ProxyResources,
+    new: ProxyResources,
+    versions: &VersionSource,
+) -> HashMap<&'static str, Resources> {
+    let (old, mut new) = (encode(old, versions), encode(new, versions));
+    base.iter()
+        .map(|(&t, publication)| {
+            let mut resources = publication.resources.clone();
+            if let (Some(old), Some(new)) = (old.get(t), new.remove(t)) {
+                for name in old.keys() {
+                    resources.remove(name);
+                }
+                resources.extend(new);
+            }
+            (t, resources)
+        })
+        .collect()
+}
+
 /// The ADS service's state (cheap to clone: every stream task holds one).
 #[derive(Clone)]
 pub struct Ads {
@@ -103,12 +161,16 @@ pub struct Ads {
     pub config: watch::Receiver<Arc<Prepared>>,
     pub versions: Arc<VersionSource>,
     pub metrics: Arc<Metrics>,
-    /// The latest publications of each proxy class, which the next ones follow.
-    pub latest: Arc<std::sync::Mutex<HashMap<ProxyClass, Arc<Typed>>>>,
+    /// The latest publications of each proxy class, which the next ones follow, and the
+    /// revision they were translated for.
+    pub latest: Arc<std::sync::Mutex<HashMap<ProxyClass, (u64, Arc<Typed>)>>>,
     /// Rounds of responses being handed to streams at once (Istio's push throttle): bounds the
     /// memory of encoding a full push to every proxy at the same moment.
     pub pushes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Revisions a class's latest publications are kept without a stream translating it.
+const LATEST_KEPT: u64 = 3;
 
 /// Concurrent push rounds, as istiod's `PILOT_PUSH_THROTTLE` default.
 pub const PUSH_THROTTLE: usize = 100;
@@ -148,12 +210,33 @@ impl Ads {
             .clone();
         cell.get_or_init(|| async {
             let started = std::time::Instant::now();
-            let resources = generate_with(&prepared.snapshot.config, &prepared.registry, proxy);
-            let encoded = encode(resources, &self.versions);
-            let typed = self.publish(class, encoded);
+            let (encoded, endpoint_only) = match prepared.derivable(&class) {
+                Some((hosts, before, base)) => {
+                    let old = generate_for_hosts(
+                        &before.snapshot.config,
+                        &before.registry,
+                        proxy,
+                        hosts,
+                    );
+                    let new = generate_for_hosts(
+                        &prepared.snapshot.config,
+                        &prepared.registry,
+                        proxy,
+                        hosts,
+                    );
+                    (derive(&base, old, new, &self.versions), true)
+                }
+                None => {
+                    let resources =
+                        generate_with(&prepared.snapshot.config, &prepared.registry, proxy);
+                    (encode(resources, &self.versions), false)
+                }
+            };
+            let typed = self.publish(class, encoded, prepared.snapshot.revision);
             tracing::debug!(
                 revision = prepared.snapshot.revision,
                 proxy = %proxy.id,
+                endpoint_only,
                 translate_ms = started.elapsed().as_secs_f64() * 1e3,
                 "proxy class translated"
             );
@@ -163,10 +246,18 @@ impl Ads {
         .clone()
     }
 
-    /// Publishes a class's new resources as successors of its latest ones.
-    fn publish(&self, class: ProxyClass, encoded: HashMap<&'static str, Resources>) -> Arc<Typed> {
+    /// Publishes a class's new resources as successors of its latest ones, and forgets the
+    /// classes no stream translated for the last few revisions (their proxies are gone, or
+    /// their configuration is; a stream of one that comes back compares in full).
+    fn publish(
+        &self,
+        class: ProxyClass,
+        encoded: HashMap<&'static str, Resources>,
+        revision: u64,
+    ) -> Arc<Typed> {
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = latest.get(&class);
+        latest.retain(|_, (at, _)| *at + LATEST_KEPT >= revision);
+        let previous = latest.get(&class).map(|(_, typed)| typed);
         let typed: Typed = encoded
             .into_iter()
             .map(|(t, r)| {
@@ -178,7 +269,7 @@ impl Ads {
             })
             .collect();
         let typed = Arc::new(typed);
-        latest.insert(class, typed.clone());
+        latest.insert(class, (revision, typed.clone()));
         typed
     }
 
@@ -331,15 +422,8 @@ impl Ads {
                 }
             }
             let due = stream.due(&current, &self.versions);
-            if !due.is_empty() {
-                let Ok(_permit) = self.pushes.acquire().await else {
-                    return;
-                };
-                for resp in due {
-                    if tx.send(Ok(resp)).await.is_err() {
-                        return;
-                    }
-                }
+            if !due.is_empty() && send_round(&self.pushes, &tx, due).await.is_err() {
+                return;
             }
             match next(&mut inbound, &mut config, &tx).await {
                 None => return,
@@ -351,6 +435,33 @@ impl Ads {
             }
         }
     }
+}
+
+/// How long a round may hold its push permit while its proxy does not read: then it waits
+/// without one, so proxies that stopped reading hold back only themselves.
+pub const PERMIT_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands one round of responses to a stream under a push permit; `Err` when the client is gone.
+async fn send_round<R>(
+    pushes: &tokio::sync::Semaphore,
+    tx: &mpsc::Sender<Result<R, Status>>,
+    responses: Vec<R>,
+) -> Result<(), ()> {
+    let mut permit = Some(pushes.acquire().await.map_err(drop)?);
+    for resp in responses {
+        let slot = match permit {
+            Some(_) => match tokio::time::timeout(PERMIT_HOLD, tx.reserve()).await {
+                Ok(slot) => slot,
+                Err(_) => {
+                    permit = None;
+                    tx.reserve().await
+                }
+            },
+            None => tx.reserve().await,
+        };
+        slot.map_err(drop)?.send(Ok(resp));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -367,5 +478,165 @@ impl AdsHandler for Ads {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream<WireDeltaDiscoveryResponse>>, Status> {
         self.open::<DeltaAdsStream>(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::discovery::proxy::{Interception, ProxyType};
+    use crate::discovery::{endpoint_only_change, generate};
+
+    /// One endpoint: its address's last octet, version label and service account.
+    type Ep = (u8, bool, bool);
+
+    fn endpoint_yaml(indent: &str, (ip, v2, sa): Ep) -> String {
+        format!(
+            "{indent}- address: 198.18.0.{ip}\n{indent}  labels: {{version: {}}}\n{indent}  serviceAccount: {}\n",
+            if v2 { "v2" } else { "v1" },
+            if sa { "a" } else { "b" },
+        )
+    }
+
+    /// A mesh of three services: STATIC with inline endpoints, STATIC selecting
+    /// WorkloadEntries, and DNS; subsets and ISTIO_MUTUAL on the first two.
+    fn mesh(inline: &[Ep], selected: &[Ep], dns: &[Ep]) -> mesh::Config {
+        let mut y = String::new();
+        for (host, resolution, eps, selector) in [
+            ("inline", "STATIC", inline, false),
+            ("selected", "STATIC", selected, true),
+            ("dns", "DNS", dns, false),
+        ] {
+            y += &format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {host}, namespace: default}}\nspec:\n  hosts: [{host}.default.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: {resolution}\n  ports:\n  - {{number: 8080, name: http, protocol: HTTP}}\n  - {{number: 9000, name: tcp, protocol: TCP}}\n"
+            );
+            if selector {
+                y += "  workloadSelector: {labels: {app: selected}}\n";
+                for (i, ep) in eps.iter().enumerate() {
+                    let (ip, v2, sa) = *ep;
+                    y += &format!(
+                        "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: we-{i}, namespace: default}}\nspec:\n  address: 198.18.1.{ip}\n  labels: {{app: selected, version: {}}}\n  serviceAccount: {}\n",
+                        if v2 { "v2" } else { "v1" },
+                        if sa { "a" } else { "b" },
+                    );
+                }
+            } else if !eps.is_empty() {
+                y += "  endpoints:\n";
+                for ep in eps {
+                    y += &endpoint_yaml("  ", *ep);
+                }
+            }
+            y += "---\n";
+        }
+        for host in ["inline", "selected"] {
+            y += &format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {host}, namespace: default}}\nspec:\n  host: {host}\n  trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n"
+            );
+        }
+        let (objects, problems) = mesh::load_str(&y, None);
+        assert!(problems.is_empty(), "{problems:?}");
+        mesh::Config {
+            objects: objects.into_iter().map(Arc::new).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn proxy() -> Proxy {
+        Proxy {
+            kind: ProxyType::Sidecar,
+            id: "sidecar~198.18.0.1~client.default~default.svc.cluster.local".into(),
+            namespace: "default".into(),
+            service_account: "client".into(),
+            labels: Default::default(),
+            ips: vec!["198.18.0.1".parse().unwrap()],
+            workload_name: "client".into(),
+            interception: Interception::Redirect,
+        }
+    }
+
+    fn typed(resources: HashMap<&'static str, Resources>) -> Typed {
+        resources
+            .into_iter()
+            .map(|(t, r)| (t, Arc::new(Publication::new(r))))
+            .collect()
+    }
+
+    fn endpoints() -> impl Strategy<Value = Vec<Ep>> {
+        prop::collection::vec((1u8..6, any::<bool>(), any::<bool>()), 0..4)
+    }
+
+    proptest! {
+        /// The incremental path gives byte for byte what translating everything gives.
+        #[test]
+        fn an_endpoint_change_derives_what_a_full_translation_gives(
+            before in (endpoints(), endpoints(), endpoints()),
+            after in (endpoints(), endpoints(), endpoints()),
+        ) {
+            let versions = VersionSource::new(b"test");
+            let (a, b) = (mesh(&before.0, &before.1, &before.2), mesh(&after.0, &after.1, &after.2));
+            let (ra, rb) = (Registry::build(&a), Registry::build(&b));
+            let proxy = proxy();
+            let hosts = endpoint_only_change((&a, &ra), (&b, &rb));
+            let hosts = hosts.expect("only endpoints differ");
+            // The proxy's own address may become an endpoint: a new class, translated in full.
+            prop_assume!(class_of(&a, &ra, &proxy) == class_of(&b, &rb, &proxy));
+            let base = typed(encode(generate(&a, &proxy), &versions));
+            let derived = derive(
+                &base,
+                generate_for_hosts(&a, &ra, &proxy, &hosts),
+                generate_for_hosts(&b, &rb, &proxy, &hosts),
+                &versions,
+            );
+            let full = encode(generate(&b, &proxy), &versions);
+            prop_assert_eq!(derived, full);
+        }
+    }
+
+    #[test]
+    fn anything_but_endpoints_changing_is_a_full_translation() {
+        let a = mesh(&[(1, false, false)], &[], &[]);
+        let mut b = a.clone();
+        let dr = b
+            .objects
+            .iter()
+            .position(|o| o.kind() == mesh::Kind::DestinationRule)
+            .unwrap();
+        let mut edited = (*b.objects[dr]).clone();
+        edited.metadata.labels.insert("touched".into(), "yes".into());
+        b.objects[dr] = Arc::new(edited);
+        let (ra, rb) = (Registry::build(&a), Registry::build(&b));
+        assert_eq!(endpoint_only_change((&a, &ra), (&b, &rb)), None);
+        let c = mesh(&[(2, false, false)], &[], &[]);
+        let rc = Registry::build(&c);
+        assert_eq!(
+            endpoint_only_change((&a, &ra), (&c, &rc)),
+            Some(vec!["inline.default.svc.cluster.local".to_string()])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_proxy_that_stops_reading_gives_its_push_permit_back() {
+        let pushes = Arc::new(tokio::sync::Semaphore::new(1));
+        let (stuck_tx, _stuck_rx) = mpsc::channel::<Result<u32, Status>>(1);
+        let stuck = tokio::spawn({
+            let pushes = pushes.clone();
+            async move { send_round(&pushes, &stuck_tx, vec![1, 2, 3]).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(pushes.available_permits(), 0, "the stuck round holds the permit");
+        tokio::time::sleep(PERMIT_HOLD + std::time::Duration::from_millis(1)).await;
+        assert_eq!(pushes.available_permits(), 1, "and gives it back");
+        let (tx, mut rx) = mpsc::channel(1);
+        let round = tokio::spawn({
+            let pushes = pushes.clone();
+            async move { send_round(&pushes, &tx, vec![7, 8]).await }
+        });
+        assert_eq!(rx.recv().await.unwrap().unwrap(), 7);
+        assert_eq!(rx.recv().await.unwrap().unwrap(), 8);
+        assert_eq!(round.await.unwrap(), Ok(()));
+        assert!(!stuck.is_finished(), "the stuck proxy still waits for itself");
+        stuck.abort();
     }
 }

@@ -1,9 +1,10 @@
 //! Loading Kubernetes-style YAML manifests (multi-document files, a directory of them, and its
 //! `mesh.yaml`) into typed, validated objects. Each problem names the file, the object and the
 //! field path. A directory loads as one snapshot: all of it, or the list of what is wrong.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -12,17 +13,35 @@ use crate::error::{ConfigError, Problem};
 use crate::mesh_config::{MESH_FILE, MeshConfig};
 use crate::meta::{Kind, NETWORKING_GROUP, NETWORKING_VERSIONS, Object, ObjectMeta, Spec};
 
-/// One consistent configuration: every object of a directory, and the mesh settings.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// One consistent configuration: every object of a directory, and the mesh settings. Objects
+/// are shared between the configurations that contain them unchanged, so a reload after a
+/// one-file edit copies pointers, not objects, and comparing two configurations is mostly
+/// comparing pointers.
+#[derive(Debug, Clone, Default)]
 pub struct Config {
-    pub objects: Vec<Object>,
+    pub objects: Vec<Arc<Object>>,
     pub mesh: MeshConfig,
+}
+
+impl PartialEq for Config {
+    fn eq(&self, other: &Self) -> bool {
+        self.mesh == other.mesh
+            && self.objects.len() == other.objects.len()
+            && self
+                .objects
+                .iter()
+                .zip(&other.objects)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+    }
 }
 
 impl Config {
     /// The objects of one kind, in load order.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Object> {
-        self.objects.iter().filter(move |o| o.kind() == kind)
+        self.objects
+            .iter()
+            .map(Arc::as_ref)
+            .filter(move |o| o.kind() == kind)
     }
 }
 
@@ -231,20 +250,61 @@ pub fn load_file(path: &FsPath) -> (Vec<Object>, Vec<ConfigError>) {
     }
 }
 
-/// What the files of a directory parsed to, kept between loads so a reload parses only the
-/// files whose content changed (a one-endpoint edit in a directory of a thousand manifests
-/// parses one file).
+/// What the files of a directory parsed to, kept between loads so a reload reads only the
+/// files whose size, inode or timestamps moved, and parses only those whose content differs.
+/// A one-endpoint edit in a directory of a thousand manifests reads and parses one file, and
+/// the other objects are the same `Arc`s as before.
 #[derive(Debug, Default)]
 pub struct FileCache {
     files: HashMap<PathBuf, CachedFile>,
     parsed: u64,
+    read: u64,
+    /// The wall clock that file timestamps are compared with (tests move it).
+    clock: Option<fn() -> std::time::SystemTime>,
 }
 
 #[derive(Debug)]
 struct CachedFile {
+    /// `None` when the stamp cannot be trusted to show the next write.
+    stamp: Option<Stamp>,
     content: u64,
-    objects: Vec<Object>,
+    objects: Vec<Arc<Object>>,
     problems: Vec<ConfigError>,
+}
+
+/// What `stat` says of a file; a rewrite changes at least one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    inode: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+/// File timestamps move on a coarse clock: a write this soon after the one a stamp shows can
+/// leave it unchanged, so a stamp this recent is not trusted (git's "racily clean" rule).
+const STAMP_SETTLE_NS: i128 = 2_000_000_000;
+
+impl Stamp {
+    fn of(path: &FsPath) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(Self {
+            len: m.len(),
+            inode: m.ino(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// The stamp, if it is old enough at `now` to show any later write.
+    fn settled(self, now: std::time::SystemTime) -> Option<Self> {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        (self.mtime_ns.max(self.ctime_ns) + STAMP_SETTLE_NS < now).then_some(self)
+    }
 }
 
 impl FileCache {
@@ -253,22 +313,41 @@ impl FileCache {
         self.parsed
     }
 
-    fn load_file(&mut self, path: &FsPath) -> (Vec<Object>, Vec<ConfigError>) {
+    /// How many times a file was read through this cache.
+    pub fn read(&self) -> u64 {
+        self.read
+    }
+
+    fn load_file(&mut self, path: &FsPath) -> (Vec<Arc<Object>>, Vec<ConfigError>) {
+        let stamp = Stamp::of(path);
+        if let Some(c) = self
+            .files
+            .get(path)
+            .filter(|c| c.stamp.is_some() && c.stamp == stamp)
+        {
+            return (c.objects.clone(), c.problems.clone());
+        }
+        self.read += 1;
         let text = match read(path) {
             Ok(t) => t,
             Err(e) => return (vec![], vec![e]),
         };
+        let now = self.clock.map_or_else(std::time::SystemTime::now, |clock| clock());
+        let settled = stamp.and_then(|s| s.settled(now));
         let mut h = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut h);
         let content = h.finish();
-        if let Some(c) = self.files.get(path).filter(|c| c.content == content) {
+        if let Some(c) = self.files.get_mut(path).filter(|c| c.content == content) {
+            c.stamp = settled;
             return (c.objects.clone(), c.problems.clone());
         }
         let (objects, problems) = load_str(&text, Some(path));
+        let objects: Vec<Arc<Object>> = objects.into_iter().map(Arc::new).collect();
         self.parsed += 1;
         self.files.insert(
             path.to_path_buf(),
             CachedFile {
+                stamp: settled,
                 content,
                 objects: objects.clone(),
                 problems: problems.clone(),
@@ -317,7 +396,8 @@ pub fn load_dir(dir: &FsPath) -> Result<Loaded, Vec<ConfigError>> {
 /// [`load_dir`], parsing only the files whose content differs from what `cache` holds.
 pub fn load_dir_cached(dir: &FsPath, cache: &mut FileCache) -> Result<Loaded, Vec<ConfigError>> {
     let files = manifest_files(dir).map_err(|e| vec![e])?;
-    cache.files.retain(|p, _| files.contains(p));
+    let listed: HashSet<&PathBuf> = files.iter().collect();
+    cache.files.retain(|p, _| listed.contains(p));
     let mut loaded = Loaded::default();
     let mut problems = Vec::new();
     let mut seen: BTreeMap<(Kind, String, String), PathBuf> = BTreeMap::new();
@@ -399,6 +479,33 @@ mod tests {
     }
 
     #[test]
+    fn files_with_settled_stamps_are_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            std::fs::write(
+                dir.path().join(format!("vs{i}.yaml")),
+                vs(50, 50).replace("name: r}", &format!("name: r{i}}}")),
+            )
+            .unwrap();
+        }
+        let mut cache = FileCache {
+            clock: Some(|| std::time::SystemTime::now() + std::time::Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let first = load_dir_cached(dir.path(), &mut cache).unwrap();
+        assert_eq!(load_dir_cached(dir.path(), &mut cache).unwrap(), first);
+        assert_eq!(cache.read(), 3, "a minute later, the stamps are trusted");
+        std::fs::write(
+            dir.path().join("vs1.yaml"),
+            vs(90, 10).replace("name: r}", "name: r1}") + "# a longer file\n",
+        )
+        .unwrap();
+        let edited = load_dir_cached(dir.path(), &mut cache).unwrap();
+        assert_eq!((cache.read(), cache.parsed()), (4, 4), "only the edited file");
+        assert_eq!(edited, load_dir(dir.path()).unwrap());
+    }
+
+    #[test]
     fn a_cached_reload_parses_only_the_files_that_changed() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..3 {
@@ -413,6 +520,21 @@ mod tests {
         assert_eq!(cache.parsed(), 3);
         assert_eq!(load_dir_cached(dir.path(), &mut cache).unwrap(), first);
         assert_eq!(cache.parsed(), 3, "nothing changed, nothing parsed");
+        assert_eq!(
+            cache.read(),
+            6,
+            "files written just now are read again: their stamps may not show the next write"
+        );
+        let again = load_dir_cached(dir.path(), &mut cache).unwrap();
+        assert!(
+            again
+                .config
+                .objects
+                .iter()
+                .zip(&first.config.objects)
+                .all(|(a, b)| Arc::ptr_eq(a, b)),
+            "unchanged objects are shared, not copied"
+        );
         std::fs::write(
             dir.path().join("vs1.yaml"),
             vs(90, 10).replace("name: r}", "name: r1}"),
@@ -420,6 +542,7 @@ mod tests {
         .unwrap();
         let edited = load_dir_cached(dir.path(), &mut cache).unwrap();
         assert_eq!(cache.parsed(), 4, "only the edited file");
+        assert_eq!(cache.read(), 12);
         assert_eq!(
             edited,
             load_dir(dir.path()).unwrap(),

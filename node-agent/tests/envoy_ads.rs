@@ -22,6 +22,11 @@ const ENVOY_ID: &str = "spiffe://cluster.local/ns/default/sa/envoy";
 const REVIEWS_PORT: u16 = 19080;
 
 fn config(reviews_split: (u32, u32), port: u16) -> String {
+    config_at(reviews_split, port, "127.0.0.22")
+}
+
+/// [`config`] with reviews-v2's WorkloadEntry at `v2_address`.
+fn config_at(reviews_split: (u32, u32), port: u16, v2_address: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -41,7 +46,7 @@ spec: {{address: 127.0.0.21, labels: {{app: reviews, version: v1}}}}
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: reviews-v2}}
-spec: {{address: 127.0.0.22, labels: {{app: reviews, version: v2}}}}
+spec: {{address: {v2_address}, labels: {{app: reviews, version: v2}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -81,7 +86,8 @@ spec:
     captureMode: NONE
     hosts: [\"./*\"]
 ",
-        reviews_split.0, reviews_split.1
+        reviews_split.0,
+        reviews_split.1
     )
 }
 
@@ -329,6 +335,50 @@ async fn scenario(through_agent: bool) {
     let v1 = counts.get("reviews-v1").copied().unwrap_or(0);
     // Binomial(1000, 0.5): sd ≈ 15.8; ±5 sd.
     assert!((421..=579).contains(&v1), "50/50 split gave {counts:?}");
+
+    // Move reviews-v2 to another address during traffic: an EDS push only (Envoy's CDS, LDS
+    // and RDS update counts stay), no failed request, and v2's traffic follows.
+    let _v2_moved = backend("127.0.0.23", "v2-moved", port).await;
+    let updates = async || {
+        let stats = mesh.admin("/stats?filter=update_success").await;
+        let count = |name: &str| -> u64 {
+            stats
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in\n{stats}"))
+        };
+        let v2 = format!("cluster.outbound|{port}|v2|reviews.default.svc.cluster.local.update_success");
+        (
+            [
+                count("cluster_manager.cds.update_success"),
+                count("listener_manager.lds.update_success"),
+                count(&format!("http.outbound_127.0.0.1_{port}.rds.{port}.update_success")),
+            ],
+            count(&v2),
+        )
+    };
+    let (others_before, v2_before) = updates().await;
+    let traffic = tokio::spawn(split(400, port));
+    std::fs::write(
+        config_dir.join("reviews.yaml"),
+        config_at((50, 50), port, "127.0.0.23"),
+    )
+    .unwrap();
+    let (_, failed_during_move) = traffic.await.unwrap();
+    assert_eq!(failed_during_move, 0, "requests failed while an endpoint moved");
+    eventually(
+        Duration::from_secs(30),
+        "v2's traffic at its new address",
+        async || {
+            let (counts, _) = split(100, port).await;
+            (counts.contains_key("reviews-v2-moved") && !counts.contains_key("reviews-v2"))
+                .then_some(())
+        },
+    )
+    .await;
+    let (others_after, v2_after) = updates().await;
+    assert_eq!(others_after, others_before, "an endpoint move pushed more than EDS");
+    assert!(v2_after > v2_before, "v2's endpoints were pushed");
 
     // Envoy accepted every push (no NACK).
     let stats = mesh.admin("/stats?filter=update_rejected").await;

@@ -35,7 +35,10 @@ fn nack_status(message: &str) -> Option<Status> {
 }
 
 /// Names each resource of a response, checking it is of the response's type and appears once.
-fn named_resources(type_url: &str, resources: &[Any]) -> Result<Vec<(String, Any)>, String> {
+fn named_resources<'a>(
+    type_url: &str,
+    resources: &'a [Any],
+) -> Result<Vec<(String, &'a Any)>, String> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::with_capacity(resources.len());
     for any in resources {
@@ -49,7 +52,7 @@ fn named_resources(type_url: &str, resources: &[Any]) -> Result<Vec<(String, Any
         if !seen.insert(name.clone()) {
             return Err(format!("resource {name} appears twice in one response"));
         }
-        out.push((name, any.clone()));
+        out.push((name, any));
     }
     Ok(out)
 }
@@ -171,9 +174,9 @@ impl SotwClient {
             }
         }
         for (name, any) in named {
-            if t.held.get(&name) != Some(&any) {
+            if t.held.get(&name) != Some(any) {
                 t.held.insert(name.clone(), any.clone());
-                update.upserted.push((name, any));
+                update.upserted.push((name, any.clone()));
             }
         }
         (self.request(&type_url, None), Ok(update))

@@ -91,6 +91,20 @@ impl<'a> Policy<'a> {
 }
 
 pub fn build(ctx: &Ctx<'_>, services: &[&Service]) -> Clusters {
+    let mut out = outbound_of(ctx, services);
+    out.clusters.push(passthrough(ctx));
+    out.clusters.push(Cluster {
+        name: BLACKHOLE.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(duration(ctx.config.mesh.connect_timeout.as_duration())),
+        ..Default::default()
+    });
+    out
+}
+
+/// The outbound clusters of `services`, one per port and subset, and the endpoints of those
+/// that use EDS.
+pub fn outbound_of(ctx: &Ctx<'_>, services: &[&Service]) -> Clusters {
     let mut out = Clusters::default();
     for service in services {
         let dr = destination_rule_for(ctx.config, &ctx.proxy.namespace, service);
@@ -106,13 +120,6 @@ pub fn build(ctx: &Ctx<'_>, services: &[&Service]) -> Clusters {
             }
         }
     }
-    out.clusters.push(passthrough(ctx));
-    out.clusters.push(Cluster {
-        name: BLACKHOLE.into(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-        connect_timeout: Some(duration(ctx.config.mesh.connect_timeout.as_duration())),
-        ..Default::default()
-    });
     out
 }
 

@@ -92,19 +92,17 @@ pub fn inbound_ports(
     }
     let ips: Vec<String> = ctx.proxy.ips.iter().map(ToString::to_string).collect();
     let mut ports: Vec<InboundPort> = Vec::new();
-    for s in &registry.services {
-        for e in s.endpoints.iter().filter(|e| ips.contains(&e.address)) {
-            for p in &s.ports {
-                let target = e.port_for(p);
-                if !ports.iter().any(|x| x.port == target) {
-                    ports.push(InboundPort {
-                        port: target,
-                        protocol: p.protocol,
-                        target_host: "127.0.0.1".into(),
-                        target_port: target,
-                        bind: None,
-                    });
-                }
+    for (s, e) in registry.endpoints_at(ips.iter().map(String::as_str)) {
+        for p in &s.ports {
+            let target = e.port_for(p);
+            if !ports.iter().any(|x| x.port == target) {
+                ports.push(InboundPort {
+                    port: target,
+                    protocol: p.protocol,
+                    target_host: "127.0.0.1".into(),
+                    target_port: target,
+                    bind: None,
+                });
             }
         }
     }

@@ -134,6 +134,65 @@ pub fn class_of(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyCla
     }
 }
 
+/// The services whose endpoints alone changed from `previous` to `next`, or `None` when
+/// anything else did: then every proxy class is translated again. Only ServiceEntries and
+/// WorkloadEntries may differ, and only in what becomes endpoints, so listeners and routes
+/// stay as they are and clusters change only for these services (DNS clusters carry their
+/// endpoints, and mTLS clusters the endpoints' identities).
+pub fn endpoint_only_change(
+    previous: (&Config, &Registry),
+    next: (&Config, &Registry),
+) -> Option<Vec<String>> {
+    let ((before, before_registry), (now, now_registry)) = (previous, next);
+    if before.mesh != now.mesh {
+        return None;
+    }
+    let rest = |c: &'_ Config| {
+        c.objects
+            .iter()
+            .filter(|o| !matches!(o.kind(), mesh::Kind::ServiceEntry | mesh::Kind::WorkloadEntry))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (rest(before), rest(now));
+    let same = a.len() == b.len()
+        && a.iter()
+            .zip(&b)
+            .all(|(x, y)| std::sync::Arc::ptr_eq(x, y) || x == y);
+    if !same {
+        return None;
+    }
+    now_registry.endpoint_changes(before_registry)
+}
+
+/// The outbound clusters and endpoints of the `hosts` that `proxy` sees: what an
+/// [`endpoint_only_change`] replaces in a proxy's full resources.
+pub fn generate_for_hosts(
+    config: &Config,
+    registry: &Registry,
+    proxy: &Proxy,
+    hosts: &[String],
+) -> ProxyResources {
+    let sidecar = sidecar_for(config, proxy);
+    let ctx = Ctx {
+        config,
+        proxy,
+        sidecar,
+    };
+    let hosts: std::collections::HashSet<&str> = hosts.iter().map(String::as_str).collect();
+    let services: Vec<&services::Service> = registry
+        .visible_to(proxy, sidecar)
+        .into_iter()
+        .filter(|s| hosts.contains(s.hostname.as_str()))
+        .collect();
+    let built = clusters::outbound_of(&ctx, &services);
+    ProxyResources {
+        clusters: built.clusters,
+        endpoints: built.endpoints,
+        ..Default::default()
+    }
+}
+
 /// Translates `config` for `proxy`, building the service registry first.
 pub fn generate(config: &Config, proxy: &Proxy) -> ProxyResources {
     generate_with(config, &Registry::build(config), proxy)

@@ -2,7 +2,7 @@
 //! WorkloadEntries they select), plus the lookups translation needs — which services a proxy
 //! sees (`exportTo`, Sidecar egress hosts), host names resolved as Istio resolves them, and the
 //! DestinationRule and VirtualServices that apply to a host.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use mesh::networking::{
     DestinationRule, Location, Resolution, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
@@ -144,6 +144,27 @@ pub struct Service {
 }
 
 impl Service {
+    /// Whether the two differ at most in their endpoints.
+    pub fn same_but_endpoints(&self, other: &Self) -> bool {
+        let Service {
+            hostname,
+            namespace,
+            addresses,
+            ports,
+            resolution,
+            location,
+            export_to,
+            endpoints: _,
+        } = self;
+        *hostname == other.hostname
+            && *namespace == other.namespace
+            && *addresses == other.addresses
+            && *ports == other.ports
+            && *resolution == other.resolution
+            && *location == other.location
+            && *export_to == other.export_to
+    }
+
     /// Whether a proxy in `namespace` may see this service (`exportTo`; default everyone).
     pub fn exported_to(&self, namespace: &str) -> bool {
         self.export_to.is_empty()
@@ -162,6 +183,8 @@ impl Service {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     pub services: Vec<Service>,
+    /// Where each endpoint address appears: (service, endpoint) indices, in registry order.
+    by_address: HashMap<String, Vec<(usize, usize)>>,
 }
 
 fn specs<'a, T: 'a>(
@@ -219,7 +242,52 @@ impl Registry {
         let mut seen = std::collections::BTreeSet::new();
         services.retain(|s| seen.insert(s.hostname.clone()));
         services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-        Self { services }
+        let mut by_address: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+        for (si, s) in services.iter().enumerate() {
+            for (ei, e) in s.endpoints.iter().enumerate() {
+                by_address.entry(e.address.clone()).or_default().push((si, ei));
+            }
+        }
+        Self {
+            services,
+            by_address,
+        }
+    }
+
+    /// The (service, endpoint) pairs whose endpoint has one of `addresses`, in registry order.
+    pub fn endpoints_at<'a>(
+        &'a self,
+        addresses: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<(&'a Service, &'a Endpoint)> {
+        let mut at: Vec<(usize, usize)> = addresses
+            .into_iter()
+            .filter_map(|a| self.by_address.get(a))
+            .flatten()
+            .copied()
+            .collect();
+        at.sort_unstable();
+        at.dedup();
+        at.into_iter()
+            .map(|(s, e)| (&self.services[s], &self.services[s].endpoints[e]))
+            .collect()
+    }
+
+    /// The hostnames whose endpoints alone changed from `previous`, or `None` when anything
+    /// else about the services changed (one added, removed, or with other ports, say).
+    pub fn endpoint_changes(&self, previous: &Registry) -> Option<Vec<String>> {
+        if self.services.len() != previous.services.len() {
+            return None;
+        }
+        let mut changed = Vec::new();
+        for (now, before) in self.services.iter().zip(&previous.services) {
+            if !now.same_but_endpoints(before) {
+                return None;
+            }
+            if now.endpoints != before.endpoints {
+                changed.push(now.hostname.clone());
+            }
+        }
+        Some(changed)
     }
 
     pub fn find(&self, host: &str) -> Option<&Service> {
