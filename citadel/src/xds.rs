@@ -33,7 +33,14 @@ pub struct Prepared {
     /// When only endpoints changed since the configuration before: the hosts whose endpoints
     /// did, and that configuration, whose classes this one's then derive from (istiod's
     /// incremental EDS). The one before is dropped once its successor is prepared.
-    endpoint_change: Option<(Vec<String>, std::sync::Mutex<Option<Arc<Prepared>>>)>,
+    endpoint_change: Option<EndpointChange>,
+}
+
+/// Hosts whose endpoints alone changed, and the configuration they changed from.
+#[derive(Debug)]
+struct EndpointChange {
+    hosts: Vec<String>,
+    before: std::sync::Mutex<Option<Arc<Prepared>>>,
 }
 
 impl Prepared {
@@ -41,14 +48,21 @@ impl Prepared {
         let registry = Registry::build(&snapshot.config);
         let endpoint_change = previous.and_then(|p| {
             // Only one configuration back is ever needed.
-            if let Some((_, before)) = &p.endpoint_change {
-                before.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(change) = &p.endpoint_change {
+                change
+                    .before
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
             }
             let hosts = crate::discovery::endpoint_only_change(
                 (&p.snapshot.config, &p.registry),
                 (&snapshot.config, &registry),
             )?;
-            Some((hosts, std::sync::Mutex::new(Some(p))))
+            Some(EndpointChange {
+                hosts,
+                before: std::sync::Mutex::new(Some(p)),
+            })
         });
         Self {
             registry,
@@ -61,8 +75,12 @@ impl Prepared {
     /// This configuration's hosts with new endpoints, the one before, and `class`'s resources
     /// there, when `class` can be derived from them.
     fn derivable(&self, class: &ProxyClass) -> Option<(&[String], Arc<Prepared>, Arc<Typed>)> {
-        let (hosts, before) = self.endpoint_change.as_ref()?;
-        let before = before.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let change = self.endpoint_change.as_ref()?;
+        let before = change
+            .before
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
         let typed = before
             .classes
             .lock()
@@ -70,7 +88,7 @@ impl Prepared {
             .get(class)?
             .get()?
             .clone();
-        Some((hosts, before, typed))
+        Some((&change.hosts, before, typed))
     }
 }
 
@@ -163,11 +181,14 @@ pub struct Ads {
     pub metrics: Arc<Metrics>,
     /// The latest publications of each proxy class, which the next ones follow, and the
     /// revision they were translated for.
-    pub latest: Arc<std::sync::Mutex<HashMap<ProxyClass, (u64, Arc<Typed>)>>>,
+    pub latest: Arc<std::sync::Mutex<Latest>>,
     /// Rounds of responses being handed to streams at once (Istio's push throttle): bounds the
     /// memory of encoding a full push to every proxy at the same moment.
     pub pushes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Each proxy class's latest publications and the revision they were translated for.
+pub type Latest = HashMap<ProxyClass, (u64, Arc<Typed>)>;
 
 /// Revisions a class's latest publications are kept without a stream translating it.
 const LATEST_KEPT: u64 = 3;
@@ -212,12 +233,8 @@ impl Ads {
             let started = std::time::Instant::now();
             let (encoded, endpoint_only) = match prepared.derivable(&class) {
                 Some((hosts, before, base)) => {
-                    let old = generate_for_hosts(
-                        &before.snapshot.config,
-                        &before.registry,
-                        proxy,
-                        hosts,
-                    );
+                    let old =
+                        generate_for_hosts(&before.snapshot.config, &before.registry, proxy, hosts);
                     let new = generate_for_hosts(
                         &prepared.snapshot.config,
                         &prepared.registry,
@@ -604,7 +621,10 @@ mod tests {
             .position(|o| o.kind() == mesh::Kind::DestinationRule)
             .unwrap();
         let mut edited = (*b.objects[dr]).clone();
-        edited.metadata.labels.insert("touched".into(), "yes".into());
+        edited
+            .metadata
+            .labels
+            .insert("touched".into(), "yes".into());
         b.objects[dr] = Arc::new(edited);
         let (ra, rb) = (Registry::build(&a), Registry::build(&b));
         assert_eq!(endpoint_only_change((&a, &ra), (&b, &rb)), None);
@@ -625,7 +645,11 @@ mod tests {
             async move { send_round(&pushes, &stuck_tx, vec![1, 2, 3]).await }
         });
         tokio::task::yield_now().await;
-        assert_eq!(pushes.available_permits(), 0, "the stuck round holds the permit");
+        assert_eq!(
+            pushes.available_permits(),
+            0,
+            "the stuck round holds the permit"
+        );
         tokio::time::sleep(PERMIT_HOLD + std::time::Duration::from_millis(1)).await;
         assert_eq!(pushes.available_permits(), 1, "and gives it back");
         let (tx, mut rx) = mpsc::channel(1);
@@ -636,7 +660,10 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().unwrap(), 7);
         assert_eq!(rx.recv().await.unwrap().unwrap(), 8);
         assert_eq!(round.await.unwrap(), Ok(()));
-        assert!(!stuck.is_finished(), "the stuck proxy still waits for itself");
+        assert!(
+            !stuck.is_finished(),
+            "the stuck proxy still waits for itself"
+        );
         stuck.abort();
     }
 }

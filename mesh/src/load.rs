@@ -332,7 +332,9 @@ impl FileCache {
             Ok(t) => t,
             Err(e) => return (vec![], vec![e]),
         };
-        let now = self.clock.map_or_else(std::time::SystemTime::now, |clock| clock());
+        let now = self
+            .clock
+            .map_or_else(std::time::SystemTime::now, |clock| clock());
         let settled = stamp.and_then(|s| s.settled(now));
         let mut h = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut h);
@@ -501,7 +503,11 @@ mod tests {
         )
         .unwrap();
         let edited = load_dir_cached(dir.path(), &mut cache).unwrap();
-        assert_eq!((cache.read(), cache.parsed()), (4, 4), "only the edited file");
+        assert_eq!(
+            (cache.read(), cache.parsed()),
+            (4, 4),
+            "only the edited file"
+        );
         assert_eq!(edited, load_dir(dir.path()).unwrap());
     }
 

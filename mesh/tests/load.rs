@@ -240,6 +240,31 @@ spec:
         "{e:?}"
     );
 
+    let tls = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egress}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: api-creds}
+    portLevelSettings:
+    - port: {number: 443}
+      tls: {mode: MUTUAL, caCertificates: /etc/ca.pem}
+";
+    let e = errors(tls);
+    assert!(
+        e.iter().any(|e| e.contains(
+            "spec.trafficPolicy.tls.credentialName: credentials from Kubernetes secrets are not supported"
+        )),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|e| e.contains(
+            "spec.trafficPolicy.portLevelSettings[0].tls.clientCertificate: client certificate required for mutual tls"
+        )),
+        "{e:?}"
+    );
+
     let we = "apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: reviews-v1, namespace: default}

@@ -86,8 +86,7 @@ spec:
     captureMode: NONE
     hosts: [\"./*\"]
 ",
-        reviews_split.0,
-        reviews_split.1
+        reviews_split.0, reviews_split.1
     )
 }
 
@@ -347,12 +346,15 @@ async fn scenario(through_agent: bool) {
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.parse().ok())
                 .unwrap_or_else(|| panic!("no {name} in\n{stats}"))
         };
-        let v2 = format!("cluster.outbound|{port}|v2|reviews.default.svc.cluster.local.update_success");
+        let v2 =
+            format!("cluster.outbound|{port}|v2|reviews.default.svc.cluster.local.update_success");
         (
             [
                 count("cluster_manager.cds.update_success"),
                 count("listener_manager.lds.update_success"),
-                count(&format!("http.outbound_127.0.0.1_{port}.rds.{port}.update_success")),
+                count(&format!(
+                    "http.outbound_127.0.0.1_{port}.rds.{port}.update_success"
+                )),
             ],
             count(&v2),
         )
@@ -365,7 +367,10 @@ async fn scenario(through_agent: bool) {
     )
     .unwrap();
     let (_, failed_during_move) = traffic.await.unwrap();
-    assert_eq!(failed_during_move, 0, "requests failed while an endpoint moved");
+    assert_eq!(
+        failed_during_move, 0,
+        "requests failed while an endpoint moved"
+    );
     eventually(
         Duration::from_secs(30),
         "v2's traffic at its new address",
@@ -377,7 +382,10 @@ async fn scenario(through_agent: bool) {
     )
     .await;
     let (others_after, v2_after) = updates().await;
-    assert_eq!(others_after, others_before, "an endpoint move pushed more than EDS");
+    assert_eq!(
+        others_after, others_before,
+        "an endpoint move pushed more than EDS"
+    );
     assert!(v2_after > v2_before, "v2's endpoints were pushed");
 
     // Envoy accepted every push (no NACK).
@@ -825,4 +833,233 @@ spec:
     let one = counts.get("one").copied().unwrap_or(0);
     // Binomial(1000, 0.8): sd ≈ 12.6; ±5 sd.
     assert!((737..=863).contains(&one), "80/20 gave {counts:?}");
+}
+
+/// A test CA, and certificates it signs, as PEM files in `dir`.
+struct TestPki {
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_pem: String,
+    dir: std::path::PathBuf,
+}
+
+impl TestPki {
+    fn new(dir: &Path) -> Self {
+        let mut params = rcgen::CertificateParams::new(vec![]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "egress test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
+        Self {
+            ca: rcgen::Issuer::new(params, key),
+            ca_pem,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// A leaf for `dns_name`, written as NAME.pem and NAME.key; returns (cert, key) PEM.
+    fn leaf(&self, name: &str, dns_name: &str) -> (String, String) {
+        let params = rcgen::CertificateParams::new(vec![dns_name.to_string()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap().pem();
+        std::fs::write(self.dir.join(format!("{name}.pem")), &cert).unwrap();
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        (cert, key.serialize_pem())
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}
+
+/// An HTTPS server that answers with its name, the SNI it was asked for, and whether the
+/// client presented a certificate; with `require_client_cert`, only to clients with one from
+/// `pki`'s CA.
+async fn tls_backend(
+    ip: &str,
+    port: u16,
+    name: &'static str,
+    pki: &TestPki,
+    leaf: (String, String),
+    require_client_cert: bool,
+) -> tokio::task::JoinHandle<()> {
+    use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(leaf.0.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(leaf.1.as_bytes()).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let config = if require_client_cert {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    }
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let (_, conn) = tls.get_ref();
+                let body = format!(
+                    "{name} sni={} client-cert={}",
+                    conn.server_name().unwrap_or("-"),
+                    conn.peer_certificates().is_some_and(|c| !c.is_empty())
+                );
+                let mut buf = vec![0u8; 8192];
+                while let Ok(n) = tls.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if tls.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Istio's egress TLS origination task: the application speaks plain HTTP to an external
+/// host, and its sidecar opens TLS as the DestinationRule says: SIMPLE (the server verified
+/// against `caCertificates` and the host name) and MUTUAL (with a client certificate). A server
+/// whose certificate names another host, and a server that requires a client certificate
+/// when none is configured, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_originate_tls_as_destination_rules_say() {
+    let port = REVIEWS_PORT + 200;
+    let certs = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(certs.path());
+    let secure = pki.leaf("secure", "secure.example");
+    let mutual = pki.leaf("mutual", "mutual.example");
+    pki.leaf("client", "client.example");
+    let external = |name: &str, address: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}.example]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {address}}}]
+---
+"
+        )
+    };
+    let rule = |name: &str, tls: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}}}
+spec:
+  host: {name}.example
+  trafficPolicy:
+    tls: {tls}
+---
+"
+        )
+    };
+    let ca = pki.path("ca.pem");
+    let mut config = String::new();
+    config += &external("secure", "127.0.0.91");
+    config += &rule("secure", &format!("{{mode: SIMPLE, caCertificates: {ca}}}"));
+    config += &external("mutual", "127.0.0.92");
+    config += &rule(
+        "mutual",
+        &format!(
+            "{{mode: MUTUAL, caCertificates: {ca}, clientCertificate: {}, privateKey: {}}}",
+            pki.path("client.pem"),
+            pki.path("client.key")
+        ),
+    );
+    // The secure server's certificate does not name this host.
+    config += &external("impostor", "127.0.0.91");
+    config += &rule(
+        "impostor",
+        &format!("{{mode: SIMPLE, caCertificates: {ca}}}"),
+    );
+    // The mutual server, without a client certificate.
+    config += &external("anonymous", "127.0.0.92");
+    config += &rule(
+        "anonymous",
+        &format!(
+            "{{mode: SIMPLE, caCertificates: {ca}, sni: mutual.example, subjectAltNames: [mutual.example]}}"
+        ),
+    );
+    config += &format!(
+        "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: productpage-v1}}
+spec: {{address: 127.0.0.10, labels: {{app: productpage}}, serviceAccount: envoy}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default}}
+spec:
+  egress:
+  - port: {{number: {port}, protocol: HTTP, name: http}}
+    bind: 127.0.0.1
+    captureMode: NONE
+    hosts: [\"./*\"]
+"
+    );
+    let _secure = tls_backend("127.0.0.91", port, "secure", &pki, secure, false).await;
+    let _mutual = tls_backend("127.0.0.92", port, "mutual", &pki, mutual, true).await;
+    let mesh = Mesh::start(&[("egress.yaml", config)], false, 50_000).await;
+
+    let reply = eventually(
+        Duration::from_secs(30),
+        "TLS origination to secure.example",
+        async || {
+            let r = call(port, "secure.example", &[]).await;
+            (r.status == 200).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(reply.body, "secure sni=secure.example client-cert=false");
+    let reply = call(port, "mutual.example", &[]).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "mutual sni=mutual.example client-cert=true"),
+        "{}",
+        mesh.envoy_log()
+    );
+    for refused in ["impostor.example", "anonymous.example"] {
+        let reply = call(port, refused, &[]).await;
+        assert_eq!(reply.status, 503, "{refused}: {reply:?}");
+    }
+    let stats = mesh.admin("/stats?filter=ssl.fail_verify_san").await;
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.contains("impostor.example") && !l.ends_with(": 0")),
+        "the impostor was refused for its SAN:\n{stats}"
+    );
 }

@@ -329,16 +329,19 @@ async fn entry_and_bundle_changes_reach_workloads_within_seconds() {
             Duration::from_secs(3600),
         )
         .await;
-    let mut svids = client
-        .fetch_x509svid(with_header(X509svidRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(5), svids.next())
-        .await
-        .expect("within seconds")
-        .unwrap()
-        .unwrap();
+    // Until the entry reaches the agent, a caller has no identity and is told PermissionDenied;
+    // a client retries, as the SPIFFE clients do.
+    let (mut svids, first) =
+        eventually(Duration::from_secs(5), "the new entry's SVID", async || {
+            let mut svids = client
+                .fetch_x509svid(with_header(X509svidRequest {}))
+                .await
+                .ok()?
+                .into_inner();
+            let first = svids.next().await?.ok()?;
+            Some((svids, first))
+        })
+        .await;
     assert_eq!(first.svids[0].spiffe_id, WEB);
     assert!(started.elapsed() < Duration::from_secs(5));
 

@@ -40,6 +40,9 @@ pub struct SotwStream {
     type_url: Option<String>,
     subscription: Subscription,
     ever_named: bool,
+    /// The fingerprint of the names, in their order, of the last request that gave
+    /// `subscription`: clients repeat them in the same order on every ACK.
+    names_fingerprint: u64,
     last_nonce: Option<String>,
     /// name → resource version the client holds (shared with the resources themselves).
     sent: Option<BTreeMap<Arc<str>, Arc<str>>>,
@@ -47,6 +50,15 @@ pub struct SotwStream {
     last_changed: Vec<Arc<str>>,
     acked_version: Option<String>,
     last_nack: Option<Nack>,
+}
+
+/// An order-sensitive fingerprint of a request's names, keyed per process so no client can
+/// choose names that collide.
+fn names_fingerprint(names: &[String]) -> u64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(Default::default).hash_one(names)
 }
 
 impl SotwStream {
@@ -138,16 +150,25 @@ impl SotwStream {
         self.ever_named |= !names.is_empty();
         let wildcard = wildcard_type && (legacy_wildcard || names.iter().any(|n| n == "*"));
         // Most requests are ACKs repeating the subscription: recognise that without building
-        // (and interning) a new one.
+        // (and interning) a new one — by one pass along the (sorted) subscription when the
+        // names come sorted, else by the fingerprint of the names in their order.
         let explicit = names.iter().filter(|n| !(wildcard_type && *n == "*"));
-        if wildcard == self.subscription.wildcard
-            && explicit.clone().count() == self.subscription.names.len()
+        let same_shape = wildcard == self.subscription.wildcard
+            && explicit.clone().count() == self.subscription.names.len();
+        if same_shape
             && explicit
                 .clone()
-                .all(|n| self.subscription.names.contains(n.as_str()))
+                .zip(&self.subscription.names)
+                .all(|(n, held)| n.as_str() == &**held)
         {
             return false;
         }
+        // Invariant: the fingerprint of some list of names that gives `subscription`.
+        let fingerprint = names_fingerprint(names);
+        if same_shape && fingerprint == self.names_fingerprint {
+            return false;
+        }
+        self.names_fingerprint = fingerprint;
         let next = if wildcard_type {
             Subscription {
                 wildcard: legacy_wildcard || names.iter().any(|n| n == "*"),
@@ -291,6 +312,36 @@ mod tests {
             version_info: version.into(),
             response_nonce: nonce.into(),
             ..Default::default()
+        }
+    }
+
+    proptest::proptest! {
+        /// However a client orders or repeats its names, the subscription is the set of them,
+        /// and a request changes it exactly when that set changes.
+        #[test]
+        fn the_subscription_is_the_set_of_names_in_any_order(
+            requests in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec!["a", "b", "c", "d"]), 0..5),
+                1..8,
+            )
+        ) {
+            let v = VersionSource::new(b"t");
+            let current = res(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]);
+            let mut s = SotwStream::new();
+            let mut held: Option<BTreeSet<&str>> = None;
+            let mut responded = false;
+            for names in requests {
+                let step = s.handle_request(&req(&names, "", "")).unwrap();
+                let set: BTreeSet<&str> = names.iter().copied().collect();
+                let changed = held.as_ref() != Some(&set);
+                proptest::prop_assert_eq!(step == Step::Respond, !responded || changed);
+                if step == Step::Respond {
+                    responded |= s.next_response(&current, None, &v).is_some();
+                }
+                let now: BTreeSet<&str> = s.subscription().names().iter().map(|n| &**n).collect();
+                proptest::prop_assert_eq!(&now, &set);
+                held = Some(set);
+            }
         }
     }
 

@@ -32,7 +32,7 @@ use mesh::networking::{
 };
 
 use super::services::{Endpoint, Port, Service, destination_rule_for};
-use super::tls::upstream_mtls;
+use super::tls::{upstream_mtls, upstream_origination};
 use super::{Ctx, address, ads_source, any, duration, u32v};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
@@ -203,25 +203,39 @@ fn outbound(
         outlier(&mut cluster, o);
     }
     http_options(&mut cluster, port, policy.pool);
-    let tls_mode = policy.tls.map(|t| t.mode);
-    let mtls = match tls_mode {
+    let tls = policy.tls;
+    let mtls = match tls.map(|t| t.mode) {
         Some(ClientTlsMode::IstioMutual) => true,
         Some(ClientTlsMode::Disable) => false,
-        // SIMPLE and MUTUAL with files or credentials come with egress gateways.
-        Some(_) => false,
+        Some(ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
+            let settings = tls.expect("a mode comes with its settings");
+            let host = service.hostname.trim_start_matches("*.");
+            cluster.transport_socket = Some(upstream_origination(
+                settings,
+                host,
+                port.protocol.is_http2(),
+            ));
+            false
+        }
         None => service.location == Location::MeshInternal,
     };
     if mtls {
-        let mut sans: Vec<String> = endpoints
-            .iter()
-            .map(|e| e.spiffe_id(&ctx.config.mesh.trust_domain))
-            .collect();
+        // A DestinationRule's own subjectAltNames replace the endpoints' identities.
+        let mut sans: Vec<String> = match tls.filter(|t| !t.subject_alt_names.is_empty()) {
+            Some(t) => t.subject_alt_names.clone(),
+            None => endpoints
+                .iter()
+                .map(|e| e.spiffe_id(&ctx.config.mesh.trust_domain))
+                .collect(),
+        };
         sans.sort();
         sans.dedup();
-        let sni = format!(
-            "outbound_.{}_.{subset_name}_.{}",
-            port.number, service.hostname
-        );
+        let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_else(|| {
+            format!(
+                "outbound_.{}_.{subset_name}_.{}",
+                port.number, service.hostname
+            )
+        });
         cluster.transport_socket = Some(upstream_mtls(&sni, &sans, port.protocol.is_http2()));
     }
     out.clusters.push(cluster);

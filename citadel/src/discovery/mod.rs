@@ -150,7 +150,12 @@ pub fn endpoint_only_change(
     let rest = |c: &'_ Config| {
         c.objects
             .iter()
-            .filter(|o| !matches!(o.kind(), mesh::Kind::ServiceEntry | mesh::Kind::WorkloadEntry))
+            .filter(|o| {
+                !matches!(
+                    o.kind(),
+                    mesh::Kind::ServiceEntry | mesh::Kind::WorkloadEntry
+                )
+            })
             .cloned()
             .collect::<Vec<_>>()
     };

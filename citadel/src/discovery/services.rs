@@ -245,7 +245,10 @@ impl Registry {
         let mut by_address: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
         for (si, s) in services.iter().enumerate() {
             for (ei, e) in s.endpoints.iter().enumerate() {
-                by_address.entry(e.address.clone()).or_default().push((si, ei));
+                by_address
+                    .entry(e.address.clone())
+                    .or_default()
+                    .push((si, ei));
             }
         }
         Self {

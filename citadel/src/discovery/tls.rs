@@ -93,6 +93,78 @@ pub fn upstream_mtls(sni: &str, sans: &[String], http2: bool) -> TransportSocket
     }
 }
 
+/// Where TLS origination finds the CAs to verify a server with when the DestinationRule names
+/// none: the system bundle of Debian, Ubuntu and Alpine, which Envoy reads on the proxy's host.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// TLS origination as a DestinationRule's SIMPLE or MUTUAL says (Istio's egress TLS
+/// origination): SNI `sni`, else the destination host; the server verified against
+/// `caCertificates` (else the system bundle) and `subjectAltNames` (else the SNI as a DNS
+/// name), unless `insecureSkipVerify`; for MUTUAL, the client certificate and key files.
+pub fn upstream_origination(
+    tls: &mesh::networking::ClientTlsSettings,
+    host: &str,
+    http2: bool,
+) -> TransportSocket {
+    use envoy_types::pb::envoy::config::core::v3::DataSource;
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate;
+    let file = |path: &str| {
+        Some(DataSource {
+            specifier: Some(Specifier::Filename(path.to_string())),
+            ..Default::default()
+        })
+    };
+    let sni = tls.sni.clone().unwrap_or_else(|| host.to_string());
+    let mut common = CommonTlsContext {
+        alpn_protocols: if http2 { vec!["h2".into()] } else { vec![] },
+        ..Default::default()
+    };
+    if tls.insecure_skip_verify != Some(true) {
+        let sans: Vec<&str> = if tls.subject_alt_names.is_empty() {
+            vec![sni.as_str()]
+        } else {
+            tls.subject_alt_names.iter().map(String::as_str).collect()
+        };
+        let matcher = |san_type: SanType, san: &str| SubjectAltNameMatcher {
+            san_type: san_type as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact(san.to_string())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        common.validation_context_type = Some(ValidationContextType::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: file(tls.ca_certificates.as_deref().unwrap_or(SYSTEM_CA_BUNDLE)),
+                crl: tls.ca_crl.as_deref().and_then(file),
+                // Istio's subjectAltNames match a DNS or a URI SAN.
+                match_typed_subject_alt_names: sans
+                    .iter()
+                    .flat_map(|s| [matcher(SanType::Dns, s), matcher(SanType::Uri, s)])
+                    .collect(),
+                ..Default::default()
+            },
+        ));
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key) {
+        common.tls_certificates = vec![TlsCertificate {
+            certificate_chain: file(cert),
+            private_key: file(key),
+            ..Default::default()
+        }];
+    }
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(common),
+        sni,
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
 /// mTLS termination on inbound: our `default` certificate, and a client certificate from the
 /// trust bundle is required.
 pub fn downstream_mtls() -> TransportSocket {
