@@ -341,7 +341,7 @@ mod tests {
         let push = ads.next_responses(|t| w2.get(t), &v);
         let names: Vec<Vec<&str>> = push
             .iter()
-            .map(|r| r.resources.iter().map(|r| r.name.as_str()).collect())
+            .map(|r| r.resources.iter().map(|r| &*r.name).collect())
             .collect();
         assert_eq!(
             names,

@@ -201,8 +201,8 @@ impl DeltaStream {
             return;
         }
         out.push(WireResource {
-            name: r.name.to_string(),
-            version: r.version.to_string(),
+            name: r.name.clone(),
+            version: r.version.clone(),
             resource: r.encoded.clone(),
         });
         self.told
@@ -253,7 +253,7 @@ mod tests {
     }
 
     fn names(r: &WireDeltaDiscoveryResponse) -> Vec<&str> {
-        r.resources.iter().map(|r| r.name.as_str()).collect()
+        r.resources.iter().map(|r| &*r.name).collect()
     }
 
     #[test]

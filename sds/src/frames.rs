@@ -104,7 +104,9 @@ impl Framed for WireDiscoveryResponse {
 impl Framed for WireResource {
     fn write(&self, out: &mut Chunks) {
         out.string(1, &self.version);
-        out.bytes_field(2, &self.resource);
+        if !self.resource.is_empty() {
+            out.bytes_field(2, &self.resource);
+        }
         out.string(3, &self.name);
     }
 }
@@ -242,9 +244,9 @@ mod tests {
                     .iter()
                     .enumerate()
                     .map(|(i, n)| WireResource {
-                        version: format!("v{i}"),
+                        version: format!("v{i}").into(),
                         resource: any(*n),
-                        name: format!("r{i}"),
+                        name: format!("r{i}").into(),
                     })
                     .collect(),
                 type_url: "type.googleapis.com/x.Y".into(),
