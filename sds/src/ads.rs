@@ -32,7 +32,9 @@ pub trait TypeStream: Default {
         hint: Option<&[Arc<str>]>,
         versions: &VersionSource,
     ) -> Option<Self::Response>;
-    fn changed(&self) -> &[Arc<str>];
+    /// The names the last response added or changed, handed over (a stream does not keep
+    /// them between pushes).
+    fn take_changed(&mut self) -> Vec<Arc<str>>;
     fn forget_names(&mut self, names: &[Arc<str>]);
 }
 
@@ -53,8 +55,8 @@ impl TypeStream for SotwStream {
     ) -> Option<Self::Response> {
         self.next_response(c, hint, v)
     }
-    fn changed(&self) -> &[Arc<str>] {
-        self.last_changed()
+    fn take_changed(&mut self) -> Vec<Arc<str>> {
+        self.take_last_changed()
     }
     fn forget_names(&mut self, names: &[Arc<str>]) {
         self.forget(names.iter().map(|n| &**n));
@@ -78,8 +80,8 @@ impl TypeStream for DeltaStream {
     ) -> Option<Self::Response> {
         self.next_response(c, hint, v)
     }
-    fn changed(&self) -> &[Arc<str>] {
-        self.last_changed()
+    fn take_changed(&mut self) -> Vec<Arc<str>> {
+        self.take_last_changed()
     }
     fn forget_names(&mut self, names: &[Arc<str>]) {
         self.forget(names.iter().map(|n| &**n));
@@ -169,12 +171,12 @@ impl<S: TypeStream> Ads<S> {
             let Some(response) = response else {
                 continue;
             };
-            if url == CLUSTER {
-                let changed = state.stream.changed().to_vec();
-                if let Some(eds) = self.by_url.get_mut(ENDPOINT) {
-                    eds.stream.forget_names(&changed);
-                    eds.dirty |= !changed.is_empty();
-                }
+            let changed = state.stream.take_changed();
+            if url == CLUSTER
+                && let Some(eds) = self.by_url.get_mut(ENDPOINT)
+            {
+                eds.stream.forget_names(&changed);
+                eds.dirty |= !changed.is_empty();
             }
             out.push(response);
         }

@@ -58,6 +58,11 @@ impl DeltaStream {
         &self.last_changed
     }
 
+    /// [`Self::last_changed`], handed over.
+    pub fn take_last_changed(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.last_changed)
+    }
+
     /// Makes the next response carry `names` again even if unchanged (Envoy finishes warming a
     /// changed cluster only on a fresh endpoint response).
     pub fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
@@ -152,7 +157,7 @@ impl DeltaStream {
         let type_url = self.type_url.clone()?;
         let mut resources = Vec::new();
         let mut removed = Vec::new();
-        self.last_changed.clear();
+        self.last_changed = Vec::new();
         match hint {
             Some(names) => {
                 let wanted: Vec<&Arc<str>> = names.iter().filter(|n| self.wants(n)).collect();

@@ -87,6 +87,11 @@ impl SotwStream {
         &self.last_changed
     }
 
+    /// [`Self::last_changed`], handed over.
+    pub fn take_last_changed(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.last_changed)
+    }
+
     /// Makes the next response carry `names` again even if unchanged (Envoy finishes warming a
     /// changed cluster only on a fresh endpoint response).
     pub fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
