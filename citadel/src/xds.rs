@@ -454,8 +454,8 @@ impl Ads {
     }
 }
 
-/// How long a round may hold its push permit while its proxy does not read: then it waits
-/// without one, so proxies that stopped reading hold back only themselves.
+/// How long a round may hold its push permit: then it waits for its proxy without one, so
+/// proxies that stopped reading hold back only themselves.
 pub const PERMIT_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Hands one round of responses to a stream under a push permit; `Err` when the client is gone.
@@ -465,9 +465,10 @@ async fn send_round<R>(
     responses: Vec<R>,
 ) -> Result<(), ()> {
     let mut permit = Some(pushes.acquire().await.map_err(drop)?);
+    let deadline = tokio::time::Instant::now() + PERMIT_HOLD;
     for resp in responses {
         let slot = match permit {
-            Some(_) => match tokio::time::timeout(PERMIT_HOLD, tx.reserve()).await {
+            Some(_) => match tokio::time::timeout_at(deadline, tx.reserve()).await {
                 Ok(slot) => slot,
                 Err(_) => {
                     permit = None;

@@ -319,6 +319,11 @@ impl FileCache {
     }
 
     fn load_file(&mut self, path: &FsPath) -> (Vec<Arc<Object>>, Vec<ConfigError>) {
+        // Before the stat: a write after it lands at least the settle time after a stamp
+        // this clock trusts, so it moves the stamp.
+        let now = self
+            .clock
+            .map_or_else(std::time::SystemTime::now, |clock| clock());
         let stamp = Stamp::of(path);
         if let Some(c) = self
             .files
@@ -332,9 +337,6 @@ impl FileCache {
             Ok(t) => t,
             Err(e) => return (vec![], vec![e]),
         };
-        let now = self
-            .clock
-            .map_or_else(std::time::SystemTime::now, |clock| clock());
         let settled = stamp.and_then(|s| s.settled(now));
         let mut h = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut h);

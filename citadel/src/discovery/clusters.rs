@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::{
     BindConfig, Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions,
-    Locality, address::Address as AddressKind,
+    Locality, UpstreamHttpProtocolOptions, address::Address as AddressKind,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -202,19 +202,23 @@ fn outbound(
     if let Some(o) = policy.outlier {
         outlier(&mut cluster, o);
     }
-    http_options(&mut cluster, port, policy.pool);
     let tls = policy.tls;
+    let mut auto_sni = None;
     let mtls = match tls.map(|t| t.mode) {
         Some(ClientTlsMode::IstioMutual) => true,
         Some(ClientTlsMode::Disable) => false,
         Some(ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
             let settings = tls.expect("a mode comes with its settings");
-            let host = service.hostname.trim_start_matches("*.");
-            cluster.transport_socket = Some(upstream_origination(
-                settings,
-                host,
-                port.protocol.is_http2(),
-            ));
+            cluster.transport_socket =
+                Some(upstream_origination(settings, port.protocol.is_http2()));
+            // Istio: without an `sni`, HTTP takes it from each request's host, and checks the
+            // server's name against it unless the rule names SANs or skips verification.
+            if settings.sni.is_none() && port.protocol.is_http() {
+                auto_sni = Some(
+                    settings.subject_alt_names.is_empty()
+                        && settings.insecure_skip_verify != Some(true),
+                );
+            }
             false
         }
         None => service.location == Location::MeshInternal,
@@ -238,6 +242,7 @@ fn outbound(
         });
         cluster.transport_socket = Some(upstream_mtls(&sni, &sans, port.protocol.is_http2()));
     }
+    http_options(&mut cluster, port, policy.pool, auto_sni);
     out.clusters.push(cluster);
 }
 
@@ -329,7 +334,14 @@ fn outlier(cluster: &mut Cluster, o: &IstioOutlier) {
     }
 }
 
-fn http_options(cluster: &mut Cluster, port: &Port, pool: Option<&ConnectionPoolSettings>) {
+/// The cluster's HTTP options; `auto_sni` (with whether to check the server's name against it)
+/// when TLS origination takes its SNI from each request.
+fn http_options(
+    cluster: &mut Cluster,
+    port: &Port,
+    pool: Option<&ConnectionPoolSettings>,
+    auto_sni: Option<bool>,
+) {
     let http = pool.and_then(|p| p.http.as_ref());
     if !port.protocol.is_http() && http.is_none() {
         return;
@@ -357,6 +369,11 @@ fn http_options(cluster: &mut Cluster, port: &Port, pool: Option<&ConnectionPool
     };
     let options = HttpProtocolOptions {
         common_http_protocol_options: Some(common),
+        upstream_http_protocol_options: auto_sni.map(|san| UpstreamHttpProtocolOptions {
+            auto_sni: true,
+            auto_san_validation: san,
+            ..Default::default()
+        }),
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
                 protocol_config: Some(protocol),

@@ -98,34 +98,30 @@ pub fn upstream_mtls(sni: &str, sans: &[String], http2: bool) -> TransportSocket
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// TLS origination as a DestinationRule's SIMPLE or MUTUAL says (Istio's egress TLS
-/// origination): SNI `sni`, else the destination host; the server verified against
-/// `caCertificates` (else the system bundle) and `subjectAltNames` (else the SNI as a DNS
-/// name), unless `insecureSkipVerify`; for MUTUAL, the client certificate and key files.
+/// origination). SNI is the rule's `sni`; without one, HTTP clusters take it from each request's
+/// host (`auto_sni`, set with the cluster's HTTP options). The server is verified against
+/// `caCertificates` (else the system bundle) and, when given, `subjectAltNames` (of any SAN
+/// type, as Istio matches them), unless `insecureSkipVerify`. Only MUTUAL presents the client
+/// certificate and key files.
 pub fn upstream_origination(
     tls: &mesh::networking::ClientTlsSettings,
-    host: &str,
     http2: bool,
 ) -> TransportSocket {
     use envoy_types::pb::envoy::config::core::v3::DataSource;
     use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate;
+    use mesh::networking::ClientTlsMode;
     let file = |path: &str| {
         Some(DataSource {
             specifier: Some(Specifier::Filename(path.to_string())),
             ..Default::default()
         })
     };
-    let sni = tls.sni.clone().unwrap_or_else(|| host.to_string());
     let mut common = CommonTlsContext {
         alpn_protocols: if http2 { vec!["h2".into()] } else { vec![] },
         ..Default::default()
     };
     if tls.insecure_skip_verify != Some(true) {
-        let sans: Vec<&str> = if tls.subject_alt_names.is_empty() {
-            vec![sni.as_str()]
-        } else {
-            tls.subject_alt_names.iter().map(String::as_str).collect()
-        };
         let matcher = |san_type: SanType, san: &str| SubjectAltNameMatcher {
             san_type: san_type as i32,
             matcher: Some(StringMatcher {
@@ -134,20 +130,28 @@ pub fn upstream_origination(
             }),
             ..Default::default()
         };
+        let types = [
+            SanType::Dns,
+            SanType::Uri,
+            SanType::IpAddress,
+            SanType::Email,
+        ];
         common.validation_context_type = Some(ValidationContextType::ValidationContext(
             CertificateValidationContext {
                 trusted_ca: file(tls.ca_certificates.as_deref().unwrap_or(SYSTEM_CA_BUNDLE)),
                 crl: tls.ca_crl.as_deref().and_then(file),
-                // Istio's subjectAltNames match a DNS or a URI SAN.
-                match_typed_subject_alt_names: sans
+                match_typed_subject_alt_names: tls
+                    .subject_alt_names
                     .iter()
-                    .flat_map(|s| [matcher(SanType::Dns, s), matcher(SanType::Uri, s)])
+                    .flat_map(|s| types.map(|t| matcher(t, s)))
                     .collect(),
                 ..Default::default()
             },
         ));
     }
-    if let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key) {
+    if tls.mode == ClientTlsMode::Mutual
+        && let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key)
+    {
         common.tls_certificates = vec![TlsCertificate {
             certificate_chain: file(cert),
             private_key: file(key),
@@ -156,7 +160,7 @@ pub fn upstream_origination(
     }
     let ctx = UpstreamTlsContext {
         common_tls_context: Some(common),
-        sni,
+        sni: tls.sni.clone().unwrap_or_default(),
         ..Default::default()
     };
     TransportSocket {
@@ -176,5 +180,87 @@ pub fn downstream_mtls() -> TransportSocket {
     TransportSocket {
         name: "envoy.transport_sockets.tls".into(),
         config_type: Some(ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh::networking::{ClientTlsMode, ClientTlsSettings};
+    use prost::Message;
+
+    use super::*;
+
+    fn context(t: &TransportSocket) -> UpstreamTlsContext {
+        let Some(ConfigType::TypedConfig(any)) = &t.config_type else {
+            panic!("typed config")
+        };
+        UpstreamTlsContext::decode(any.value.as_slice()).unwrap()
+    }
+
+    fn validation(ctx: &UpstreamTlsContext) -> Option<&CertificateValidationContext> {
+        match &ctx.common_tls_context.as_ref()?.validation_context_type {
+            Some(ValidationContextType::ValidationContext(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn origination_follows_istios_client_tls_settings() {
+        let simple = ClientTlsSettings {
+            mode: ClientTlsMode::Simple,
+            sni: Some("api.example.com".into()),
+            client_certificate: Some("/c.pem".into()),
+            private_key: Some("/k.pem".into()),
+            ..Default::default()
+        };
+        let ctx = context(&upstream_origination(&simple, false));
+        assert_eq!(ctx.sni, "api.example.com");
+        let v = validation(&ctx).expect("the server is verified");
+        assert!(
+            v.match_typed_subject_alt_names.is_empty(),
+            "an sni alone checks the chain only"
+        );
+        assert!(
+            format!("{:?}", v.trusted_ca).contains(SYSTEM_CA_BUNDLE),
+            "no caCertificates: the system bundle"
+        );
+        assert!(
+            ctx.common_tls_context.unwrap().tls_certificates.is_empty(),
+            "SIMPLE presents no client certificate"
+        );
+
+        let mutual = ClientTlsSettings {
+            mode: ClientTlsMode::Mutual,
+            subject_alt_names: vec!["198.18.0.9".into()],
+            ca_certificates: Some("/ca.pem".into()),
+            ..simple.clone()
+        };
+        let ctx = context(&upstream_origination(&mutual, true));
+        let v = validation(&ctx).unwrap();
+        let types: Vec<i32> = v
+            .match_typed_subject_alt_names
+            .iter()
+            .map(|m| m.san_type)
+            .collect();
+        assert!(
+            types.contains(&(SanType::IpAddress as i32)),
+            "any SAN type, as Istio matches"
+        );
+        assert!(format!("{:?}", v.trusted_ca).contains("/ca.pem"));
+        let common = ctx.common_tls_context.unwrap();
+        assert_eq!(common.tls_certificates.len(), 1);
+        assert_eq!(common.alpn_protocols, ["h2"]);
+
+        let skip = ClientTlsSettings {
+            insecure_skip_verify: Some(true),
+            sni: None,
+            ..simple
+        };
+        let ctx = context(&upstream_origination(&skip, false));
+        assert!(
+            validation(&ctx).is_none(),
+            "insecureSkipVerify: no verification"
+        );
+        assert_eq!(ctx.sni, "", "no sni: taken from each request (auto_sni)");
     }
 }
