@@ -492,3 +492,101 @@ fn header_routing_and_circuit_breaking_translate_and_validate() {
     assert_eq!(od.base_ejection_time.unwrap().seconds, 180);
     envoy_validates(&static_bootstrap(&r, node));
 }
+
+/// Istio's egress tasks under redirection: HTTPS to external hosts passes through on
+/// `0.0.0.0_443`, routed by SNI (a VirtualService `tls` route sends one host's SNI to another),
+/// and plain HTTP to an external host is originated as TLS by a SIMPLE DestinationRule.
+#[test]
+fn egress_tls_passthrough_and_origination_translate_and_validate() {
+    let config = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-https}
+spec:
+  hosts: [www.example.org, \"*.wikipedia.org\"]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  location: MESH_EXTERNAL
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: example-to-wikipedia}
+spec:
+  hosts: [www.example.org]
+  tls:
+  - match: [{port: 443, sniHosts: [www.example.org]}]
+    route: [{destination: {host: \"*.wikipedia.org\", port: {number: 443}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: edition-cnn}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{number: 80, name: http-port, protocol: HTTP, targetPort: 443}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: edition-cnn}
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    tls: {mode: SIMPLE}
+";
+    let (objects, problems) = mesh::load_str(config, None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let config = mesh::Config {
+        objects: objects.into_iter().map(std::sync::Arc::new).collect(),
+        ..Default::default()
+    };
+    let node = sidecar("198.18.0.10", "default", "sleep", &[("app", "sleep")]);
+    let r = generate(&config, &Proxy::from_node(&node).unwrap());
+    let l = r
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_443")
+        .expect("an SNI listener for 443");
+    let chains: Vec<(Vec<String>, String)> = l
+        .filter_chains
+        .iter()
+        .map(|c| {
+            use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+            use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+            let names = c
+                .filter_chain_match
+                .clone()
+                .unwrap_or_default()
+                .server_names;
+            let Some(ConfigType::TypedConfig(any)) = &c.filters[0].config_type else {
+                panic!("a typed filter")
+            };
+            let tcp = <TcpProxy as prost::Message>::decode(any.value.as_slice()).unwrap();
+            (names, format!("{:?}", tcp.cluster_specifier))
+        })
+        .collect();
+    // Envoy picks the most specific server name whatever the chains' order.
+    let to = |sni: &str| {
+        chains
+            .iter()
+            .find(|(names, _)| names == &[sni.to_string()])
+            .map(|(_, filter)| filter.clone())
+            .unwrap_or_else(|| panic!("no chain for {sni}: {chains:?}"))
+    };
+    assert!(
+        to("www.example.org").contains("outbound|443||*.wikipedia.org"),
+        "the tls route: {chains:?}"
+    );
+    assert!(to("*.wikipedia.org").contains("outbound|443||*.wikipedia.org"));
+    assert_eq!(
+        chains.len(),
+        2,
+        "www.example.org's own chain is the route's: {chains:?}"
+    );
+    assert!(
+        l.default_filter_chain.is_some(),
+        "other SNIs follow the outbound policy"
+    );
+    let cnn = cluster(&r, "outbound|80||edition.cnn.com");
+    assert!(cnn.transport_socket.is_some(), "SIMPLE originates TLS");
+    envoy_validates(&static_bootstrap(&r, node));
+}

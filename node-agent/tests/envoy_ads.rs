@@ -859,9 +859,10 @@ impl TestPki {
         }
     }
 
-    /// A leaf for `dns_name`, written as NAME.pem and NAME.key; returns (cert, key) PEM.
-    fn leaf(&self, name: &str, dns_name: &str) -> (String, String) {
-        let params = rcgen::CertificateParams::new(vec![dns_name.to_string()]).unwrap();
+    /// A leaf for `dns_names`, written as NAME.pem and NAME.key; returns (cert, key) PEM.
+    fn leaf(&self, name: &str, dns_names: &[&str]) -> (String, String) {
+        let names: Vec<String> = dns_names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap().pem();
         std::fs::write(self.dir.join(format!("{name}.pem")), &cert).unwrap();
@@ -955,9 +956,12 @@ async fn sidecars_originate_tls_as_destination_rules_say() {
     let port = REVIEWS_PORT + 200;
     let certs = tempfile::tempdir().unwrap();
     let pki = TestPki::new(certs.path());
-    let secure = pki.leaf("secure", "secure.example");
-    let mutual = pki.leaf("mutual", "mutual.example");
-    pki.leaf("client", "client.example");
+    let secure = pki.leaf("secure", &["secure.example"]);
+    let mutual = pki.leaf("mutual", &["mutual.example"]);
+    pki.leaf("client", &["client.example"]);
+    let tls_port = port + 1;
+    let a = pki.leaf("a", &["a.example", "b.example"]);
+    let b = pki.leaf("b", &["b.example"]);
     let external = |name: &str, address: &str| {
         format!(
             "apiVersion: networking.istio.io/v1
@@ -1013,6 +1017,33 @@ spec:
             "{{mode: SIMPLE, caCertificates: {ca}, sni: mutual.example, subjectAltNames: [mutual.example]}}"
         ),
     );
+    // TLS the application opens itself passes through, routed by SNI; a VirtualService sends
+    // b.example's SNI to a.example's server.
+    for (name, address) in [("a", "127.0.0.93"), ("b", "127.0.0.94")] {
+        config += &format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tls-{name}}}
+spec:
+  hosts: [{name}.example]
+  ports: [{{number: {tls_port}, name: tls, protocol: TLS}}]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: {address}}}]
+---
+"
+        );
+    }
+    config += "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-to-a}
+spec:
+  hosts: [b.example]
+  tls:
+  - match: [{sniHosts: [b.example]}]
+    route: [{destination: {host: a.example}}]
+---
+";
     config += &format!(
         "apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -1028,10 +1059,16 @@ spec:
     bind: 127.0.0.1
     captureMode: NONE
     hosts: [\"./*\"]
+  - port: {{number: {tls_port}, protocol: TLS, name: tls}}
+    bind: 127.0.0.1
+    captureMode: NONE
+    hosts: [\"./*\"]
 "
     );
     let _secure = tls_backend("127.0.0.91", port, "secure", &pki, secure, false).await;
     let _mutual = tls_backend("127.0.0.92", port, "mutual", &pki, mutual, true).await;
+    let _a = tls_backend("127.0.0.93", tls_port, "a", &pki, a, false).await;
+    let _b = tls_backend("127.0.0.94", tls_port, "b", &pki, b, false).await;
     let mesh = Mesh::start(&[("egress.yaml", config)], false, 50_000).await;
 
     let reply = eventually(
@@ -1055,6 +1092,17 @@ spec:
         let reply = call(port, refused, &[]).await;
         assert_eq!(reply.status, 503, "{refused}: {reply:?}");
     }
+    for (sni, answer) in [
+        ("a.example", "a sni=a.example client-cert=false"),
+        ("b.example", "a sni=b.example client-cert=false"),
+    ] {
+        let body = tls_get(tls_port, sni, &pki).await;
+        assert_eq!(body.as_deref(), Ok(answer), "SNI {sni}");
+    }
+    assert!(
+        tls_get(tls_port, "nowhere.example", &pki).await.is_err(),
+        "an SNI no service or route names goes nowhere"
+    );
     let stats = mesh.admin("/stats?filter=ssl.fail_verify_san").await;
     assert!(
         stats
@@ -1062,4 +1110,58 @@ spec:
             .any(|l| l.contains("impostor.example") && !l.ends_with(": 0")),
         "the impostor was refused for its SAN:\n{stats}"
     );
+}
+
+/// An HTTPS request the application makes itself, through the sidecar's TLS listener on
+/// `port`, with `sni`, verifying the server against `pki`'s CA; the answer's body.
+async fn tls_get(port: u16, sni: &str, pki: &TestPki) -> Result<String, String> {
+    tokio::time::timeout(Duration::from_secs(10), tls_get_once(port, sni, pki))
+        .await
+        .map_err(|_| format!("no answer for SNI {sni} within 10 s"))?
+}
+
+async fn tls_get_once(port: u16, sni: &str, pki: &TestPki) -> Result<String, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    // The backend keeps the connection open: read one response, by its content-length.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| format!("no content-length: {head:?}"))?;
+            if body.len() >= len {
+                return Ok(body[..len].to_string());
+            }
+        }
+        let n = tls.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!("closed after {:?}", String::from_utf8_lossy(&out)));
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
 }

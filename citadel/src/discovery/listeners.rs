@@ -1,7 +1,8 @@
 //! LDS for a sidecar, in Istio's layout: `virtualOutbound` (15001) and `virtualInbound`
 //! (15006) with original destination, per-port outbound HTTP listeners `0.0.0.0_PORT` using
-//! RDS route `PORT`, `VIP_PORT` listeners for TCP services, and inbound filter chains per port
-//! of the proxy's own workload (mTLS or plaintext, told apart by `tls_inspector`). Sidecar
+//! RDS route `PORT`, `VIP_PORT` listeners for TCP services, `0.0.0.0_PORT` listeners for TLS
+//! ports routed by SNI (VirtualService `tls` routes, then each host), and inbound filter chains
+//! per port of the proxy's own workload (mTLS or plaintext, told apart by `tls_inspector`). Sidecar
 //! listeners with `captureMode: NONE` bind their address themselves (no iptables).
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
@@ -26,7 +27,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
     ClusterSpecifier as TcpCluster, WeightedCluster, weighted_cluster::ClusterWeight,
 };
 use envoy_types::pb::google::protobuf::BoolValue;
-use mesh::networking::{CaptureMode, OutboundMode, Sidecar};
+use mesh::networking::{CaptureMode, OutboundMode, RouteDestination, Sidecar};
 
 use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, inbound_name, outbound_name};
 use super::proxy::Interception;
@@ -235,10 +236,18 @@ pub fn build(
     // Rootless TCP: an egress listener that binds a port no HTTP service uses carries the TCP
     // service on that port (the first by host name when several share it).
     let http_ports = super::routes::ports_with_http(services);
+    let tls_ports = tls_ports(services);
     for (bind, port) in explicit_egress
         .iter()
         .filter(|(_, p)| !http_ports.contains(p))
     {
+        if tls_ports.contains(port) {
+            let mut l = listener(&format!("{bind}_{port}"), bind, *port, true);
+            l.listener_filters = vec![tls_inspector()];
+            l.filter_chains = sni_chains(services, *port, vss);
+            out.push(l);
+            continue;
+        }
         let Some(s) = services
             .iter()
             .find(|s| s.port(*port).is_some_and(|p| !p.protocol.is_http()))
@@ -255,6 +264,25 @@ pub fn build(
             ..Default::default()
         }];
         out.push(l);
+    }
+    if ctx.proxy.interception == Interception::Redirect {
+        // TLS to hosts without a VIP (external HTTPS, say) is told apart by SNI; anything
+        // else on the port goes where the outbound policy sends unknown traffic.
+        let fallback = match ctx.outbound_mode() {
+            OutboundMode::AllowAny => PASSTHROUGH,
+            OutboundMode::RegistryOnly => BLACKHOLE,
+        };
+        for port in &tls_ports {
+            let mut l = listener(&format!("0.0.0.0_{port}"), "0.0.0.0", *port, false);
+            l.listener_filters = vec![tls_inspector()];
+            l.filter_chains = sni_chains(services, *port, vss);
+            l.default_filter_chain = Some(FilterChain {
+                name: fallback.into(),
+                filters: vec![tcp_proxy(fallback, &[(fallback.into(), 1)])],
+                ..Default::default()
+            });
+            out.push(l);
+        }
     }
     for s in services
         .iter()
@@ -295,35 +323,110 @@ fn tcp_clusters(s: &Service, port: u32, vss: &VirtualServices<'_>) -> Vec<(Strin
                 .any(|h| super::services::host_matches(h, &s.hostname))
         })
         .and_then(|(_, o, vs)| {
-            let ns = o.metadata.namespace();
             let tcp = vs.tcp.iter().find(|t| {
                 t.matches.is_empty() || t.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
             })?;
-            // As for HTTP: with weights set, a 0-weight destination gets nothing; with none
-            // set (one destination), it takes everything.
-            let total: i32 = tcp.route.iter().map(|d| d.weight.max(0)).sum();
-            Some(
-                tcp.route
-                    .iter()
-                    .filter(|d| total == 0 || d.weight > 0)
-                    .map(|d| {
-                        let host = resolve_host(&d.destination.host, ns);
-                        let dest_port = d.destination.port.map(|p| p.number).unwrap_or(port);
-                        (
-                            outbound_name(
-                                dest_port,
-                                d.destination.subset.as_deref().unwrap_or(""),
-                                &host,
-                            ),
-                            if total == 0 { 1 } else { d.weight as u32 },
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
+            Some(weighted_clusters(&tcp.route, o.metadata.namespace(), port))
         });
     routed
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| vec![(outbound_name(port, "", &s.hostname), 1)])
+}
+
+/// A TCP or TLS route's destinations as weighted clusters. As for HTTP: with weights set, a
+/// 0-weight destination gets nothing; with none set (one destination), it takes everything.
+fn weighted_clusters(route: &[RouteDestination], ns: &str, port: u32) -> Vec<(String, u32)> {
+    let total: i32 = route.iter().map(|d| d.weight.max(0)).sum();
+    route
+        .iter()
+        .filter(|d| total == 0 || d.weight > 0)
+        .map(|d| {
+            let host = resolve_host(&d.destination.host, ns);
+            let dest_port = d.destination.port.map(|p| p.number).unwrap_or(port);
+            (
+                outbound_name(
+                    dest_port,
+                    d.destination.subset.as_deref().unwrap_or(""),
+                    &host,
+                ),
+                if total == 0 { 1 } else { d.weight as u32 },
+            )
+        })
+        .collect()
+}
+
+/// Whether a port's traffic is TLS that the sidecar passes through, routed by SNI.
+fn is_tls(protocol: Protocol) -> bool {
+    matches!(protocol, Protocol::Https | Protocol::Tls)
+}
+
+/// The filter chains of a TLS port, matched on SNI (Istio's TLS routes): first each
+/// VirtualService `tls` route's `sniHosts` on this port, to its destinations; then each TLS
+/// service's own host, to its cluster. A server name goes to the first chain that names it
+/// (Envoy refuses a listener with two chains for one name).
+fn sni_chains(services: &[&Service], port: u32, vss: &VirtualServices<'_>) -> Vec<FilterChain> {
+    let mut used = std::collections::BTreeSet::new();
+    let mut chains = Vec::new();
+    let mut add = |names: Vec<String>, clusters: Vec<(String, u32)>, stat: String| {
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|n| used.insert(n.clone()))
+            .collect();
+        if names.is_empty() || clusters.is_empty() {
+            return;
+        }
+        chains.push(FilterChain {
+            filter_chain_match: Some(FilterChainMatch {
+                server_names: names,
+                ..Default::default()
+            }),
+            filters: vec![tcp_proxy(&stat, &clusters)],
+            ..Default::default()
+        });
+    };
+    let tls_services = services
+        .iter()
+        .filter(|s| s.port(port).is_some_and(|p| is_tls(p.protocol)));
+    for s in tls_services {
+        let stat = format!("outbound|{port}||{}", s.hostname);
+        let routing = vss.iter().filter(|(hosts, _, _)| {
+            hosts
+                .iter()
+                .any(|h| super::services::host_matches(h, &s.hostname))
+        });
+        for (_, o, vs) in routing {
+            let ns = o.metadata.namespace();
+            for route in &vs.tls {
+                let sni: Vec<String> = route
+                    .matches
+                    .iter()
+                    .filter(|m| m.port.is_none_or(|p| p == port))
+                    .flat_map(|m| m.sni_hosts.iter().map(|h| resolve_host(h, ns)))
+                    .collect();
+                add(sni, weighted_clusters(&route.route, ns, port), stat.clone());
+            }
+        }
+        add(
+            vec![s.hostname.clone()],
+            vec![(outbound_name(port, "", &s.hostname), 1)],
+            stat,
+        );
+    }
+    chains
+}
+
+/// The TLS ports of `services` that no HTTP service shares (HTTP takes a shared port).
+fn tls_ports(services: &[&Service]) -> Vec<u32> {
+    let http = super::routes::ports_with_http(services);
+    let mut ports: Vec<u32> = services
+        .iter()
+        .flat_map(|s| &s.ports)
+        .filter(|p| is_tls(p.protocol) && !http.contains(&p.number))
+        .map(|p| p.number)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 fn virtual_outbound(ctx: &Ctx<'_>) -> Listener {
