@@ -240,6 +240,23 @@ spec:
         "{e:?}"
     );
 
+    let root = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: root}
+spec:
+  hosts: [bookinfo.com]
+  http:
+  - match: [{uri: {prefix: /productpage}}]
+    delegate: {name: productpage, namespace: nsA}
+";
+    let e = errors(root);
+    assert!(
+        e.iter().any(|e| e.contains(
+            "spec.http[0].delegate: delegate VirtualServices are not supported by citadel yet"
+        )),
+        "{e:?}"
+    );
+
     let tls = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: egress}

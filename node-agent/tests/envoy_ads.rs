@@ -477,6 +477,10 @@ struct Reply {
 
 /// Status 0 when nothing listens yet.
 async fn call(port: u16, host: &str, headers: &[(&str, &str)]) -> Reply {
+    call_method("GET", port, host, headers).await
+}
+
+async fn call_method(method: &str, port: u16, host: &str, headers: &[(&str, &str)]) -> Reply {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return Reply {
             status: 0,
@@ -489,7 +493,8 @@ async fn call(port: u16, host: &str, headers: &[(&str, &str)]) -> Reply {
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
     s.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n").as_bytes(),
+        format!("{method} / HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await
     .unwrap();
@@ -537,6 +542,7 @@ spec:
     c += &service("httpbin", "{address: 127.0.0.61}");
     c += &service("pool", "{address: 127.0.0.71}, {address: 127.0.0.72}");
     c += &service("sticky", "{address: 127.0.0.75}, {address: 127.0.0.76}");
+    c += &service("cors", "{address: 127.0.0.77}");
     c += &format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -580,6 +586,19 @@ spec:
   - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
     route: [{{destination: {{host: reviews, subset: v2}}}}]
   - route: [{{destination: {{host: reviews, subset: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: cors}}
+spec:
+  hosts: [cors]
+  http:
+  - route: [{{destination: {{host: cors}}}}]
+    corsPolicy:
+      allowOrigins: [{{exact: \"https://allowed.example\"}}, {{prefix: \"https://app.\"}}]
+      allowMethods: [POST, GET]
+      allowHeaders: [x-custom]
+      maxAge: 24h
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -633,6 +652,7 @@ async fn istios_traffic_management_tasks_on_envoy() {
         serve_backend("127.0.0.81", port, Behaviour::Ok("external")).await,
         serve_backend("127.0.0.75", port, Behaviour::Ok("sticky-a")).await,
         serve_backend("127.0.0.76", port, Behaviour::Ok("sticky-b")).await,
+        serve_backend("127.0.0.77", port, Behaviour::Ok("cors")).await,
     ];
     let envoy_log = || mesh.envoy_log();
     let host = |name: &str| format!("{name}:{port}");
@@ -709,6 +729,48 @@ async fn istios_traffic_management_tasks_on_envoy() {
         *seen.entry(bodies.into_iter().next().unwrap()).or_insert(0) += 1;
     }
     assert_eq!(seen.len(), 2, "users by backend: {seen:?}");
+
+    // CORS: the sidecar answers an allowed origin's preflight itself, and marks responses to
+    // allowed origins only.
+    let preflight = |origin: &'static str| {
+        let host = host("cors");
+        async move {
+            call_method(
+                "OPTIONS",
+                port,
+                &host,
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", "POST"),
+                ],
+            )
+            .await
+        }
+    };
+    let r = preflight("https://allowed.example").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for expected in [
+        "access-control-allow-origin: https://allowed.example",
+        "access-control-allow-methods: post,get",
+        "access-control-allow-headers: x-custom",
+        "access-control-max-age: 86400",
+    ] {
+        assert!(r.head.contains(expected), "{expected} in {r:?}");
+    }
+    assert_ne!(
+        r.body, "cors",
+        "a preflight is answered by the sidecar, not the app"
+    );
+    let r = call(port, &host("cors"), &[("origin", "https://app.example")]).await;
+    assert_eq!(r.body, "cors");
+    assert!(
+        r.head
+            .contains("access-control-allow-origin: https://app.example"),
+        "{r:?}"
+    );
+    let r = call(port, &host("cors"), &[("origin", "https://evil.example")]).await;
+    assert_eq!(r.body, "cors");
+    assert!(!r.head.contains("access-control-allow-origin"), "{r:?}");
 
     // REGISTRY_ONLY: an unknown host is blocked (502), a MESH_EXTERNAL ServiceEntry reachable.
     let r = call(port, &format!("unknown.example.test:{port}"), &[]).await;

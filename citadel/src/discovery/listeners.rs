@@ -31,7 +31,7 @@ use mesh::networking::{CaptureMode, OutboundMode, RouteDestination, Sidecar};
 
 use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, inbound_name, outbound_name};
 use super::proxy::Interception;
-use super::routes::fault_filter;
+use super::routes::{cors_filter, fault_filter};
 use super::services::{Protocol, Registry, Service, resolve_host};
 use super::tls::downstream_mtls;
 use super::{Ctx, VirtualServices, address, ads_source, any, duration, u32v};
@@ -143,13 +143,15 @@ fn tcp_proxy(stat: &str, clusters: &[(String, u32)]) -> Filter {
 }
 
 fn http_filters() -> Vec<HttpFilter> {
-    let fault = fault_filter();
+    let filter = |f: envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig| HttpFilter {
+        name: f.name,
+        config_type: f.typed_config.map(HttpFilterConfig::TypedConfig),
+        ..Default::default()
+    };
     vec![
-        HttpFilter {
-            name: fault.name,
-            config_type: fault.typed_config.map(HttpFilterConfig::TypedConfig),
-            ..Default::default()
-        },
+        // CORS before faults, as Istio orders them: a preflight is answered, not delayed.
+        filter(cors_filter()),
+        filter(fault_filter()),
         HttpFilter {
             name: "envoy.filters.http.router".into(),
             config_type: Some(HttpFilterConfig::TypedConfig(any(&Router::default()))),

@@ -430,6 +430,10 @@ fn route(
         r.typed_per_filter_config
             .insert(FAULT_FILTER.into(), any(&http_fault(fault)));
     }
+    if let Some(cors) = &http.cors_policy {
+        r.typed_per_filter_config
+            .insert(CORS_FILTER.into(), any(&cors_policy(cors)));
+    }
     if let Some(red) = &http.redirect {
         r.action = Some(Action::Redirect(RedirectAction {
             host_redirect: red.authority.clone().unwrap_or_default(),
@@ -620,6 +624,56 @@ fn grpc_code(name: &str) -> u32 {
 }
 
 /// The empty fault filter config the HCM carries, so routes can configure it.
+pub const CORS_FILTER: &str = "envoy.filters.http.cors";
+
+/// The CORS filter; it acts only on routes that carry a policy.
+pub fn cors_filter() -> TypedExtensionConfig {
+    TypedExtensionConfig {
+        name: CORS_FILTER.into(),
+        typed_config: Some(any(
+            &envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors {},
+        )),
+    }
+}
+
+/// A VirtualService route's `corsPolicy` as Envoy's per-route policy, as Istio translates it:
+/// origins as string matchers (the deprecated `allowOrigin` as exact ones), lists joined with
+/// commas, `maxAge` in seconds, and `unmatchedPreflights: IGNORE` answering preflights of
+/// origins it does not allow itself instead of forwarding them.
+fn cors_policy(
+    c: &mesh::networking::CorsPolicy,
+) -> envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+    use mesh::networking::UnmatchedPreflights;
+    let exact = |o: &String| StringMatcher {
+        match_pattern: Some(MatchPattern::Exact(o.clone())),
+        ignore_case: false,
+    };
+    envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy {
+        allow_origin_string_match: c
+            .allow_origins
+            .iter()
+            .filter_map(|m| string_matcher(m, false))
+            .chain(c.allow_origin.iter().map(exact))
+            .collect(),
+        allow_methods: c.allow_methods.join(","),
+        allow_headers: c.allow_headers.join(","),
+        expose_headers: c.expose_headers.join(","),
+        max_age: c
+            .max_age
+            .map(|d| d.as_duration().as_secs().to_string())
+            .unwrap_or_default(),
+        allow_credentials: c
+            .allow_credentials
+            .map(|value| envoy_types::pb::google::protobuf::BoolValue { value }),
+        forward_not_matching_preflights: c.unmatched_preflights.map(|u| {
+            envoy_types::pb::google::protobuf::BoolValue {
+                value: u != UnmatchedPreflights::Ignore,
+            }
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn fault_filter() -> TypedExtensionConfig {
     TypedExtensionConfig {
         name: FAULT_FILTER.into(),

@@ -103,6 +103,11 @@ fn gateway_name(report: &mut Report, path: &Path, g: &str) {
 fn http_route(report: &mut Report, path: &Path, r: &HttpRoute, in_delegate: bool) {
     let has_route = !r.route.is_empty();
     if r.delegate.is_some() {
+        // Refused rather than ignored: the root's matches would route nowhere.
+        report.error(
+            &path.field("delegate"),
+            "delegate VirtualServices are not supported by citadel yet; put the routes in the root VirtualService",
+        );
         if in_delegate {
             report.error(
                 &path.field("delegate"),
