@@ -482,8 +482,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn files_with_settled_stamps_are_not_read_again() {
+    /// A directory of three VirtualServices, r0 to r2, one per file.
+    fn three_virtual_services() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..3 {
             std::fs::write(
@@ -492,6 +492,12 @@ mod tests {
             )
             .unwrap();
         }
+        dir
+    }
+
+    #[test]
+    fn files_with_settled_stamps_are_not_read_again() {
+        let dir = three_virtual_services();
         let mut cache = FileCache {
             clock: Some(|| std::time::SystemTime::now() + std::time::Duration::from_secs(60)),
             ..Default::default()
@@ -515,14 +521,7 @@ mod tests {
 
     #[test]
     fn a_cached_reload_parses_only_the_files_that_changed() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..3 {
-            std::fs::write(
-                dir.path().join(format!("vs{i}.yaml")),
-                vs(50, 50).replace("name: r}", &format!("name: r{i}}}")),
-            )
-            .unwrap();
-        }
+        let dir = three_virtual_services();
         let mut cache = FileCache::default();
         let first = load_dir_cached(dir.path(), &mut cache).unwrap();
         assert_eq!(cache.parsed(), 3);
