@@ -150,23 +150,34 @@ fn encode(r: ProxyResources, versions: &VersionSource) -> HashMap<&'static str, 
 
 /// A class's resources after an endpoint-only change: `base` (what it had before) with the
 /// clusters and endpoints of the changed hosts as they were (`old`) replaced by what they are
-/// now (`new`). Listeners and routes stay the same publications.
+/// now (`new`). Listeners and routes stay as they were.
 fn derive(
     base: &Typed,
-    old: ProxyResources,
+    old: &ProxyResources,
     new: ProxyResources,
     versions: &VersionSource,
 ) -> HashMap<&'static str, Resources> {
-    let (old, mut new) = (encode(old, versions), encode(new, versions));
+    let gone: HashMap<&str, Vec<&str>> = HashMap::from([
+        (
+            CLUSTER,
+            old.clusters.iter().map(|c| c.name.as_str()).collect(),
+        ),
+        (
+            ENDPOINT,
+            old.endpoints
+                .iter()
+                .map(|e| e.cluster_name.as_str())
+                .collect(),
+        ),
+    ]);
+    let mut new = encode(new, versions);
     base.iter()
         .map(|(&t, publication)| {
             let mut resources = publication.resources.clone();
-            if let (Some(old), Some(new)) = (old.get(t), new.remove(t)) {
-                for name in old.keys() {
-                    resources.remove(name);
-                }
-                resources.extend(new);
+            for name in gone.get(t).into_iter().flatten() {
+                resources.remove(*name);
             }
+            resources.extend(new.remove(t).unwrap_or_default());
             (t, resources)
         })
         .collect()
@@ -241,7 +252,7 @@ impl Ads {
                         proxy,
                         hosts,
                     );
-                    (derive(&base, old, new, &self.versions), true)
+                    (derive(&base, &old, new, &self.versions), true)
                 }
                 None => {
                     let resources =
@@ -603,13 +614,55 @@ mod tests {
             let base = typed(encode(generate(&a, &proxy), &versions));
             let derived = derive(
                 &base,
-                generate_for_hosts(&a, &ra, &proxy, &hosts),
+                &generate_for_hosts(&a, &ra, &proxy, &hosts),
                 generate_for_hosts(&b, &rb, &proxy, &hosts),
                 &versions,
             );
             let full = encode(generate(&b, &proxy), &versions);
             prop_assert_eq!(derived, full);
         }
+    }
+
+    fn snapshot(revision: u64, config: mesh::Config) -> Arc<Snapshot> {
+        Arc::new(Snapshot { revision, config })
+    }
+
+    /// The server takes the incremental path: a configuration after an endpoint change derives
+    /// a class from the one before (once that one translated it), holds only one configuration
+    /// back, and lets it go when the next change is not endpoint-only.
+    #[test]
+    fn a_configuration_after_an_endpoint_change_derives_from_the_one_before() {
+        let proxy = proxy();
+        let a = mesh(&[(2, false, false)], &[], &[]);
+        let first = Arc::new(Prepared::new(snapshot(1, a), None));
+        let class = class_of(&first.snapshot.config, &first.registry, &proxy);
+        let cell = Arc::new(tokio::sync::OnceCell::new_with(Some(
+            Arc::new(Typed::new()),
+        )));
+        first.classes.lock().unwrap().insert(class.clone(), cell);
+
+        let second = Arc::new(Prepared::new(
+            snapshot(2, mesh(&[(3, true, false)], &[], &[])),
+            Some(first.clone()),
+        ));
+        let (hosts, before, _) = second.derivable(&class).expect("derived, not translated");
+        assert_eq!(hosts, ["inline.default.svc.cluster.local"]);
+        assert!(Arc::ptr_eq(&before, &first));
+        drop(before);
+
+        let mut other = mesh(&[(3, true, false)], &[], &[]);
+        other.mesh.connect_timeout = mesh::GoDuration(std::time::Duration::from_secs(3));
+        let third = Prepared::new(snapshot(3, other), Some(second.clone()));
+        assert!(third.endpoint_change.is_none(), "the mesh settings changed");
+        assert!(
+            second.derivable(&class).is_none(),
+            "released once it has a successor"
+        );
+        assert_eq!(
+            Arc::strong_count(&first),
+            1,
+            "nothing holds the first any more"
+        );
     }
 
     #[test]

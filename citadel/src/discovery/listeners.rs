@@ -244,10 +244,7 @@ pub fn build(
         .filter(|(_, p)| !http_ports.contains(p))
     {
         if tls_ports.contains(port) {
-            let mut l = listener(&format!("{bind}_{port}"), bind, *port, true);
-            l.listener_filters = vec![tls_inspector()];
-            l.filter_chains = sni_chains(services, *port, vss);
-            out.push(l);
+            out.push(sni_listener(bind, *port, true, services, vss));
             continue;
         }
         let Some(s) = services
@@ -275,9 +272,7 @@ pub fn build(
             OutboundMode::RegistryOnly => BLACKHOLE,
         };
         for port in &tls_ports {
-            let mut l = listener(&format!("0.0.0.0_{port}"), "0.0.0.0", *port, false);
-            l.listener_filters = vec![tls_inspector()];
-            l.filter_chains = sni_chains(services, *port, vss);
+            let mut l = sni_listener("0.0.0.0", *port, false, services, vss);
             l.default_filter_chain = Some(FilterChain {
                 name: fallback.into(),
                 filters: vec![tcp_proxy(fallback, &[(fallback.into(), 1)])],
@@ -415,6 +410,20 @@ fn sni_chains(services: &[&Service], port: u32, vss: &VirtualServices<'_>) -> Ve
         );
     }
     chains
+}
+
+/// A listener for a TLS port: `tls_inspector` reads the SNI, [`sni_chains`] route on it.
+fn sni_listener(
+    host: &str,
+    port: u32,
+    bind: bool,
+    services: &[&Service],
+    vss: &VirtualServices<'_>,
+) -> Listener {
+    let mut l = listener(&format!("{host}_{port}"), host, port, bind);
+    l.listener_filters = vec![tls_inspector()];
+    l.filter_chains = sni_chains(services, port, vss);
+    l
 }
 
 /// The TLS ports of `services` that no HTTP service shares (HTTP takes a shared port).

@@ -88,7 +88,16 @@ pub struct Ctx<'a> {
     sidecar: Option<&'a mesh::networking::Sidecar>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// What translation reads for `proxy`, with the Sidecar that applies to it.
+    pub fn new(config: &'a Config, proxy: &'a Proxy) -> Self {
+        Self {
+            config,
+            proxy,
+            sidecar: sidecar_for(config, proxy),
+        }
+    }
+
     /// The proxy's Sidecar outbound policy, else the mesh's.
     pub fn outbound_mode(&self) -> OutboundMode {
         self.sidecar
@@ -120,12 +129,8 @@ pub struct ProxyClass {
 
 /// The class of `proxy` in `config`.
 pub fn class_of(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyClass {
-    let sidecar = sidecar_for(config, proxy);
-    let ctx = Ctx {
-        config,
-        proxy,
-        sidecar,
-    };
+    let ctx = Ctx::new(config, proxy);
+    let sidecar = ctx.sidecar;
     ProxyClass {
         namespace: proxy.namespace.clone(),
         sidecar: sidecar.map(|s| std::ptr::from_ref(s) as usize),
@@ -139,30 +144,25 @@ pub fn class_of(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyCla
 /// WorkloadEntries may differ, and only in what becomes endpoints, so listeners and routes
 /// stay as they are and clusters change only for these services (DNS clusters carry their
 /// endpoints, and mTLS clusters the endpoints' identities).
-pub fn endpoint_only_change(
-    previous: (&Config, &Registry),
-    next: (&Config, &Registry),
+pub fn endpoint_only_change<'a>(
+    previous: (&'a Config, &Registry),
+    next: (&'a Config, &Registry),
 ) -> Option<Vec<String>> {
     let ((before, before_registry), (now, now_registry)) = (previous, next);
     if before.mesh != now.mesh {
         return None;
     }
-    let rest = |c: &'_ Config| {
-        c.objects
-            .iter()
-            .filter(|o| {
-                !matches!(
-                    o.kind(),
-                    mesh::Kind::ServiceEntry | mesh::Kind::WorkloadEntry
-                )
-            })
-            .cloned()
-            .collect::<Vec<_>>()
+    let rest = |c: &'a Config| {
+        c.objects.iter().filter(|o| {
+            !matches!(
+                o.kind(),
+                mesh::Kind::ServiceEntry | mesh::Kind::WorkloadEntry
+            )
+        })
     };
-    let (a, b) = (rest(before), rest(now));
-    let same = a.len() == b.len()
-        && a.iter()
-            .zip(&b)
+    let same = rest(before).count() == rest(now).count()
+        && rest(before)
+            .zip(rest(now))
             .all(|(x, y)| std::sync::Arc::ptr_eq(x, y) || x == y);
     if !same {
         return None;
@@ -178,12 +178,8 @@ pub fn generate_for_hosts(
     proxy: &Proxy,
     hosts: &[String],
 ) -> ProxyResources {
-    let sidecar = sidecar_for(config, proxy);
-    let ctx = Ctx {
-        config,
-        proxy,
-        sidecar,
-    };
+    let ctx = Ctx::new(config, proxy);
+    let sidecar = ctx.sidecar;
     let hosts: std::collections::HashSet<&str> = hosts.iter().map(String::as_str).collect();
     let services: Vec<&services::Service> = registry
         .visible_to(proxy, sidecar)
@@ -205,12 +201,8 @@ pub fn generate(config: &Config, proxy: &Proxy) -> ProxyResources {
 
 /// Translates with a registry built once per snapshot and shared by every proxy.
 pub fn generate_with(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyResources {
-    let sidecar = sidecar_for(config, proxy);
-    let ctx = Ctx {
-        config,
-        proxy,
-        sidecar,
-    };
+    let ctx = Ctx::new(config, proxy);
+    let sidecar = ctx.sidecar;
     let services = registry.visible_to(proxy, sidecar);
     let vss = mesh_virtual_services(config, &proxy.namespace);
     let inbound = listeners::inbound_ports(&ctx, registry, sidecar);

@@ -623,7 +623,6 @@ fn grpc_code(name: &str) -> u32 {
         .unwrap_or(2) as u32
 }
 
-/// The empty fault filter config the HCM carries, so routes can configure it.
 pub const CORS_FILTER: &str = "envoy.filters.http.cors";
 
 /// The CORS filter; it acts only on routes that carry a policy.
@@ -674,6 +673,7 @@ fn cors_policy(
     }
 }
 
+/// The empty fault filter config the HCM carries, so routes can configure it.
 pub fn fault_filter() -> TypedExtensionConfig {
     TypedExtensionConfig {
         name: FAULT_FILTER.into(),

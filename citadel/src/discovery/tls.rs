@@ -49,17 +49,22 @@ pub fn agent_sds() -> ConfigSource {
     }
 }
 
+/// A SAN of `san_type` that must equal `san`.
+fn san_matcher(san_type: SanType, san: &str) -> SubjectAltNameMatcher {
+    SubjectAltNameMatcher {
+        san_type: san_type as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(san.to_string())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn common(sans: &[String], alpn: &[&str]) -> CommonTlsContext {
     let matchers = sans
         .iter()
-        .map(|san| SubjectAltNameMatcher {
-            san_type: SanType::Uri as i32,
-            matcher: Some(StringMatcher {
-                match_pattern: Some(MatchPattern::Exact(san.clone())),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        .map(|san| san_matcher(SanType::Uri, san))
         .collect();
     CommonTlsContext {
         tls_certificate_sds_secret_configs: vec![secret_config(DEFAULT, agent_sds())],
@@ -122,14 +127,6 @@ pub fn upstream_origination(
         ..Default::default()
     };
     if tls.insecure_skip_verify != Some(true) {
-        let matcher = |san_type: SanType, san: &str| SubjectAltNameMatcher {
-            san_type: san_type as i32,
-            matcher: Some(StringMatcher {
-                match_pattern: Some(MatchPattern::Exact(san.to_string())),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
         let types = [
             SanType::Dns,
             SanType::Uri,
@@ -143,7 +140,7 @@ pub fn upstream_origination(
                 match_typed_subject_alt_names: tls
                     .subject_alt_names
                     .iter()
-                    .flat_map(|s| types.map(|t| matcher(t, s)))
+                    .flat_map(|s| types.map(|t| san_matcher(t, s)))
                     .collect(),
                 ..Default::default()
             },
