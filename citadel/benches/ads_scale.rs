@@ -78,7 +78,19 @@ fn write_mesh(dir: &Path, services: usize, endpoints: usize) {
 
 fn start_citadel(dir: &Path, config: &Path) -> (Child, String) {
     let endpoints = dir.join("endpoints.json");
-    let child = Command::new(env!("CARGO_BIN_EXE_citadel"))
+    // CITADEL_WRAPPER (e.g. "heaptrack -o FILE") runs citadel under a profiler.
+    let wrapper: Vec<String> = std::env::var("CITADEL_WRAPPER")
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_citadel"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_citadel")),
+    };
+    let child = command
         .arg("--data-dir")
         .arg(dir)
         .args([

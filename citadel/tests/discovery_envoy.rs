@@ -590,3 +590,152 @@ spec:
     assert!(cnn.transport_socket.is_some(), "SIMPLE originates TLS");
     envoy_validates(&static_bootstrap(&r, node));
 }
+
+/// The inbound chains of `port` on `virtualInbound`: name, transport matched, stat prefix.
+fn inbound_chains(r: &ProxyResources, port: u32) -> Vec<(String, String, String)> {
+    let l = r
+        .listeners
+        .iter()
+        .find(|l| l.name == "virtualInbound")
+        .expect("virtualInbound");
+    l.filter_chains
+        .iter()
+        .filter(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .and_then(|m| m.destination_port)
+                .is_some_and(|p| p.value == port)
+        })
+        .map(|c| {
+            let Some(ConfigType::TypedConfig(any)) = &c.filters[0].config_type else {
+                panic!("typed filter")
+            };
+            let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+            let m = c.filter_chain_match.as_ref().unwrap();
+            (
+                c.name.clone(),
+                m.transport_protocol.clone(),
+                hcm.stat_prefix,
+            )
+        })
+        .collect()
+}
+
+/// PeerAuthentication on Bookinfo's reviews: the namespace STRICT, v2 DISABLE by workload, v3
+/// inheriting with port 9080 PERMISSIVE. Each sidecar's inbound port takes what its mode says,
+/// and clients follow: the reviews cluster sends plaintext to v2 only (by endpoint label), the
+/// v2 subset is plaintext, the others mTLS. Envoy accepts all of it.
+#[test]
+fn peer_authentication_modes_decide_inbound_chains_and_client_tls() {
+    let policies = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: default}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews-v2, namespace: default}
+spec: {selector: {matchLabels: {app: reviews, version: v2}}, mtls: {mode: DISABLE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: reviews-v3, namespace: default}
+spec:
+  selector: {matchLabels: {version: v3}}
+  mtls: {mode: UNSET}
+  portLevelMtls: {9080: {mode: PERMISSIVE}}
+";
+    let dir = config_dir(&["destination-rule-all.yaml"]);
+    std::fs::write(dir.path().join("pa.yaml"), policies).unwrap();
+    let loaded = mesh::load_dir(dir.path()).unwrap_or_else(|e| panic!("{e:?}"));
+    let reviews = |ip: &str, v: &str| {
+        let node = sidecar(
+            ip,
+            "default",
+            "bookinfo-reviews",
+            &[("app", "reviews"), ("version", v)],
+        );
+        let r = generate(&loaded.config, &Proxy::from_node(&node).unwrap());
+        envoy_validates(&static_bootstrap(&r, node));
+        inbound_chains(&r, 9080)
+    };
+    let chain = |name: &str, transport: &str, stat: &str| {
+        (name.to_string(), transport.to_string(), stat.to_string())
+    };
+    assert_eq!(
+        reviews("198.18.0.21", "v1"),
+        [chain(
+            "inbound_0.0.0.0_9080_mtls",
+            "",
+            "inbound_9080_strict_mtls"
+        )],
+        "STRICT: every connection must complete the mTLS handshake"
+    );
+    assert_eq!(
+        reviews("198.18.0.22", "v2"),
+        [chain(
+            "inbound_0.0.0.0_9080_plaintext",
+            "",
+            "inbound_9080_disable_plaintext"
+        )]
+    );
+    assert_eq!(
+        reviews("198.18.0.23", "v3"),
+        [
+            chain(
+                "inbound_0.0.0.0_9080_mtls",
+                "tls",
+                "inbound_9080_permissive_mtls"
+            ),
+            chain(
+                "inbound_0.0.0.0_9080_plaintext",
+                "raw_buffer",
+                "inbound_9080_permissive_plaintext"
+            ),
+        ]
+    );
+
+    let node = sidecar(
+        "198.18.0.10",
+        "default",
+        "bookinfo-productpage",
+        &[("app", "productpage")],
+    );
+    let r = generate(&loaded.config, &Proxy::from_node(&node).unwrap());
+    envoy_validates(&static_bootstrap(&r, node));
+    let all = cluster(&r, "outbound|9080||reviews.default.svc.cluster.local");
+    assert!(all.transport_socket.is_some(), "mTLS by default");
+    let matches: Vec<&str> = all
+        .transport_socket_matches
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(matches, ["tlsMode-disabled"]);
+    let labelled: Vec<String> = r
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == all.name)
+        .unwrap()
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .filter(|e| {
+            e.metadata.as_ref().is_some_and(|m| {
+                m.filter_metadata
+                    .contains_key("envoy.transport_socket_match")
+            })
+        })
+        .map(|e| format!("{e:?}"))
+        .collect();
+    assert_eq!(labelled.len(), 1, "{labelled:?}");
+    assert!(labelled[0].contains("198.18.0.22"), "{labelled:?}");
+    let v2 = cluster(&r, "outbound|9080|v2|reviews.default.svc.cluster.local");
+    assert!(v2.transport_socket.is_none() && v2.transport_socket_matches.is_empty());
+    for subset in ["v1", "v3"] {
+        let c = cluster(
+            &r,
+            &format!("outbound|9080|{subset}|reviews.default.svc.cluster.local"),
+        );
+        assert!(c.transport_socket.is_some() && c.transport_socket_matches.is_empty());
+    }
+}

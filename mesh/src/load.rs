@@ -11,7 +11,7 @@ use serde_yaml_ng::Value;
 
 use crate::error::{ConfigError, Problem};
 use crate::mesh_config::{MESH_FILE, MeshConfig};
-use crate::meta::{Kind, NETWORKING_GROUP, NETWORKING_VERSIONS, Object, ObjectMeta, Spec};
+use crate::meta::{Kind, NETWORKING_GROUP, Object, ObjectMeta, Spec};
 
 /// One consistent configuration: every object of a directory, and the mesh settings. Objects
 /// are shared between the configurations that contain them unchanged, so a reload after a
@@ -156,7 +156,7 @@ fn document_object(value: Value) -> DocumentResult {
         // Kubernetes Deployments, Services, ... in the same directory: not ours to load.
         return Ok(None);
     }
-    let Some(kind) = Kind::parse(&kind_name).filter(|_| group == NETWORKING_GROUP) else {
+    let Some(kind) = Kind::parse(&kind_name).filter(|k| k.group() == group) else {
         return Err((
             Some(describe),
             vec![Problem::error(
@@ -165,13 +165,14 @@ fn document_object(value: Value) -> DocumentResult {
             )],
         ));
     };
-    if !NETWORKING_VERSIONS.contains(&version) {
+    if !kind.versions().contains(&version) {
         return Err((
             Some(describe),
             vec![Problem::error(
                 "apiVersion",
                 format!(
-                    "{api_version}: {NETWORKING_GROUP} serves {kind_name} as v1, v1beta1 or v1alpha3"
+                    "{api_version}: {group} serves {kind_name} as {}",
+                    kind.versions().join(", ")
                 ),
             )],
         ));
@@ -229,6 +230,7 @@ fn typed_spec(kind: Kind, value: Value) -> Result<Spec, Problem> {
         Kind::VirtualService => Spec::VirtualService(Box::new(spec_of(value)?)),
         Kind::DestinationRule => Spec::DestinationRule(Box::new(spec_of(value)?)),
         Kind::Sidecar => Spec::Sidecar(Box::new(spec_of(value)?)),
+        Kind::PeerAuthentication => Spec::PeerAuthentication(Box::new(spec_of(value)?)),
     })
 }
 

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::networking::{DestinationRule, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use crate::security::{PeerAuthentication, SECURITY_GROUP, SECURITY_VERSIONS};
 
 /// The API group of Istio's traffic kinds.
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
@@ -20,16 +21,34 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     Sidecar,
+    PeerAuthentication,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Sidecar,
+        Kind::PeerAuthentication,
     ];
+
+    /// The API group that serves the kind.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::PeerAuthentication => SECURITY_GROUP,
+            _ => NETWORKING_GROUP,
+        }
+    }
+
+    /// The API versions of the kind's group; the schemas are identical in each.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self.group() {
+            SECURITY_GROUP => &SECURITY_VERSIONS,
+            _ => &NETWORKING_VERSIONS,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -38,6 +57,7 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::Sidecar => "Sidecar",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -85,6 +105,7 @@ pub enum Spec {
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
     Sidecar(Box<Sidecar>),
+    PeerAuthentication(Box<PeerAuthentication>),
 }
 
 impl Spec {
@@ -95,6 +116,7 @@ impl Spec {
             Spec::VirtualService(_) => Kind::VirtualService,
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::Sidecar(_) => Kind::Sidecar,
+            Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
     }
 }

@@ -303,9 +303,9 @@ metadata: {name: reviews-v1}
 spec: {replicas: 1}
 ---
 apiVersion: security.istio.io/v1
-kind: PeerAuthentication
+kind: RequestAuthentication
 metadata: {name: default, namespace: istio-system}
-spec: {mtls: {mode: STRICT}}
+spec: {jwtRules: [{issuer: x}]}
 ---
 apiVersion: networking.istio.io/v2
 kind: VirtualService
@@ -317,7 +317,7 @@ spec: {hosts: [x], http: [{route: [{destination: {host: x}}]}]}
     assert!(objects.is_empty());
     let msgs: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(msgs.len(), 2, "{msgs:?}");
-    assert!(msgs[0].contains("PeerAuthentication istio-system/default: kind: security.istio.io/PeerAuthentication is not supported by citadel yet"));
+    assert!(msgs[0].contains("RequestAuthentication istio-system/default: kind: security.istio.io/RequestAuthentication is not supported by citadel yet"));
     assert!(msgs[1].contains("apiVersion: networking.istio.io/v2"));
     let e = errors("kind: [unclosed");
     assert!(e[0].contains("document 1: invalid YAML"), "{e:?}");

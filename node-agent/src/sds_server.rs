@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use futures::Stream;
 use prost::Name;
-use sds::{DeltaStream, Resources, SotwStream, Step, VersionSource};
+use sds::{DeltaStream, Publication, Resources, SotwStream, Step, VersionSource};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,6 +40,12 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// Whether this Envoy wants the SPIFFE validator (the default) rather than `trusted_ca`.
 fn spiffe_validation(node: &Node) -> bool {
     sds::names::wants_spiffe_validator(node)
+}
+
+/// A stream's view as a publication of its own: each view is compared in full, and the stream
+/// keeps it as the base of what its client holds.
+fn published(view: Resources) -> Arc<Publication> {
+    Arc::new(Publication::new(view))
 }
 
 fn secret_type() -> String {
@@ -165,7 +171,8 @@ impl SdsServer {
                             .await;
                         return;
                     }
-                    if let Some(resp) = stream.next_response(&resources, None, &self.versions)
+                    if let Some(resp) =
+                        stream.next_response(&published(resources), None, &self.versions)
                         && tx.send(Ok(resp.into())).await.is_err()
                     {
                         return;
@@ -224,7 +231,8 @@ impl SdsServer {
                 }
                 // Unknown names need no error here: delta reports them in removed_resources.
                 Visible::Ready { resources, .. } => {
-                    if let Some(resp) = stream.next_response(&resources, None, &self.versions)
+                    if let Some(resp) =
+                        stream.next_response(&published(resources), None, &self.versions)
                         && tx.send(Ok(resp.into())).await.is_err()
                     {
                         return;

@@ -44,6 +44,11 @@ impl Calls {
         self.bodies.get(body).copied().unwrap_or(0)
     }
 
+    /// Whether every answer came without a peer identity (the request arrived in plaintext).
+    fn anonymous(&self) -> bool {
+        self.peers.keys().all(String::is_empty)
+    }
+
     fn status(&self, code: u16) -> usize {
         self.statuses.get(&code.to_string()).copied().unwrap_or(0)
     }
@@ -512,8 +517,11 @@ spec:
     // Inbound was captured into the callee's sidecar and arrived over mTLS, never plaintext;
     // productpage's sidecar made the TLS handshakes.
     for v in ["reviews-v1", "reviews-v3"] {
-        let mtls = world.stat(v, "http.inbound_9080_mtls.downstream_rq_total");
-        let plain = world.stat(v, "http.inbound_9080_plaintext.downstream_rq_total");
+        let mtls = world.stat(v, "http.inbound_9080_permissive_mtls.downstream_rq_total");
+        let plain = world.stat(
+            v,
+            "http.inbound_9080_permissive_plaintext.downstream_rq_total",
+        );
         assert!(
             mtls > 100 && plain == 0,
             "{v}: {mtls} mTLS, {plain} plaintext requests"
@@ -547,8 +555,147 @@ spec:
         (737..=863).contains(&calls.of("tcp-echo-v1 hello")),
         "{calls:?}"
     );
-    let tcp_mtls = world.stat("tcp-echo-v2", "tcp.inbound_9000_mtls.downstream_cx_total");
+    let tcp_mtls = world.stat(
+        "tcp-echo-v2",
+        "tcp.inbound_9000_permissive_mtls.downstream_cx_total",
+    );
     assert!(tcp_mtls > 50, "tcp-echo-v2: {tcp_mtls} mTLS connections");
+}
+
+fn peer_authentication(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: {name}, namespace: default}}
+spec: {spec}
+"
+    )
+}
+
+/// PeerAuthentication on real traffic: `sleep` calls `httpbin` through both sidecars, and
+/// `legacy`, a pod with no sidecar, calls httpbin's address in plaintext. PERMISSIVE (the
+/// default) takes both, and httpbin's counters tell them apart. A namespace STRICT, written
+/// during sleep's traffic, refuses legacy and fails none of sleep's requests. A workload
+/// PERMISSIVE overrides the namespace; then a port-level DISABLE turns 9080 plaintext, and
+/// sleep's sidecar follows it (auto mTLS) instead of breaking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_authentication_modes_on_captured_traffic() {
+    let ip = |last: u8| Ipv4Addr::new(198, 18, 3, last);
+    let mut services = service_entry(
+        "httpbin",
+        "198.19.3.1",
+        "{number: 9080, name: http, protocol: HTTP}",
+        "workloadSelector: {labels: {app: httpbin}}",
+    );
+    services += &workload("httpbin", &ip(11).to_string(), "app: httpbin", "httpbin");
+    services += &workload("sleep", &ip(10).to_string(), "app: sleep", "sleep");
+    const HTTP: &[&str] = &["--http", "9080"];
+    let world = World::start(
+        "pa",
+        &[("services.yaml", services)],
+        &[
+            pod("sleep", ip(10), None, Some((20310, "sleep"))),
+            pod("httpbin", ip(11), Some(HTTP), Some((20311, "httpbin"))),
+            pod("legacy", ip(12), None, None),
+        ],
+        &[(
+            "198.19.3.1".parse().unwrap(),
+            "httpbin httpbin.default.svc.cluster.local",
+        )],
+    )
+    .await;
+    let sleep = world.pod("sleep");
+    let legacy = world.pod("legacy");
+    let mesh_url = "http://httpbin:9080/";
+    let direct = "http://198.18.3.11:9080/";
+    eventually(
+        Duration::from_secs(30),
+        "httpbin through the sidecars",
+        async || (call(sleep, mesh_url, 1, &[]).of("httpbin") == 1).then_some(()),
+    )
+    .await;
+
+    // PERMISSIVE: both get through, each counted on its own chain.
+    let calls = call(sleep, mesh_url, 20, &[]);
+    assert_eq!(calls.of("httpbin"), 20, "{calls:?}\n{}", world.envoy_logs());
+    assert_eq!(
+        calls
+            .peers
+            .get("spiffe://cluster.local/ns/default/sa/sleep"),
+        Some(&20)
+    );
+    let calls = call(legacy, direct, 5, &[]);
+    assert_eq!(calls.of("httpbin"), 5, "{calls:?}");
+    assert!(calls.anonymous(), "plaintext has no peer: {calls:?}");
+    let stat = |name: &str| {
+        world.stat(
+            "httpbin",
+            &format!("http.inbound_9080_{name}.downstream_rq_total"),
+        )
+    };
+    assert!(stat("permissive_mtls") >= 20, "{}", stat("permissive_mtls"));
+    assert_eq!(stat("permissive_plaintext"), 5);
+
+    // Namespace STRICT during sleep's traffic: legacy is refused, sleep fails nothing.
+    let traffic = std::thread::spawn({
+        let cmd = client(sleep, mesh_url, 400, 2, &[]);
+        move || run_client(cmd)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    world.write(
+        "pa-namespace.yaml",
+        &peer_authentication("default", "{mtls: {mode: STRICT}}"),
+    );
+    eventually(Duration::from_secs(10), "legacy refused", async || {
+        (call(legacy, direct, 1, &[]).failed() == 1).then_some(())
+    })
+    .await;
+    let during = tokio::task::block_in_place(|| traffic.join().unwrap());
+    assert_eq!(
+        during.failed(),
+        0,
+        "sleep failed during the switch: {during:?}"
+    );
+    let calls = call(legacy, direct, 5, &[]);
+    assert_eq!(calls.failed(), 5, "{calls:?}");
+    assert_eq!(call(sleep, mesh_url, 20, &[]).of("httpbin"), 20);
+    assert!(stat("strict_mtls") > 0);
+
+    // A workload PERMISSIVE overrides the namespace's STRICT.
+    let workload_pa = |spec: &str| peer_authentication("httpbin", spec);
+    world.write(
+        "pa-httpbin.yaml",
+        &workload_pa("{selector: {matchLabels: {app: httpbin}}, mtls: {mode: PERMISSIVE}}"),
+    );
+    eventually(Duration::from_secs(10), "legacy let in again", async || {
+        (call(legacy, direct, 1, &[]).of("httpbin") == 1).then_some(())
+    })
+    .await;
+    assert_eq!(call(sleep, mesh_url, 20, &[]).of("httpbin"), 20);
+
+    // STRICT for the workload but 9080 DISABLE: plaintext only, and sleep's sidecar follows.
+    world.write(
+        "pa-httpbin.yaml",
+        &workload_pa(
+            "{selector: {matchLabels: {app: httpbin}}, mtls: {mode: STRICT}, portLevelMtls: {9080: {mode: DISABLE}}}",
+        ),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "sleep following 9080 to plaintext",
+        async || {
+            let c = call(sleep, mesh_url, 1, &[]);
+            (c.of("httpbin") == 1 && c.anonymous()).then_some(())
+        },
+    )
+    .await;
+    let calls = call(sleep, mesh_url, 20, &[]);
+    assert_eq!(calls.of("httpbin"), 20, "{calls:?}");
+    assert!(calls.anonymous(), "sleep now speaks plaintext: {calls:?}");
+    assert_eq!(call(legacy, direct, 5, &[]).of("httpbin"), 5);
+    // Envoy may start a chain's counters again when a listener update replaces the chain, so
+    // only the first phase's counts are exact.
+    assert!(stat("disable_plaintext") > 0);
 }
 
 /// Istio's other traffic tasks from a captured client: fault abort, request timeout, retries,

@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock};
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 
 use crate::delta::DeltaStream;
-use crate::resource::{Publication, Resources};
+use crate::resource::Publication;
 use crate::sotw::SotwStream;
 use crate::types::{CLUSTER, ENDPOINT, push_rank};
 use crate::version::VersionSource;
@@ -28,7 +28,7 @@ pub trait TypeStream: Default {
     /// The response due for `current`; `hint` as in [`SotwStream::next_response`].
     fn respond(
         &mut self,
-        current: &Resources,
+        current: &Arc<Publication>,
         hint: Option<&[Arc<str>]>,
         versions: &VersionSource,
     ) -> Option<Self::Response>;
@@ -49,7 +49,7 @@ impl TypeStream for SotwStream {
     }
     fn respond(
         &mut self,
-        c: &Resources,
+        c: &Arc<Publication>,
         hint: Option<&[Arc<str>]>,
         v: &VersionSource,
     ) -> Option<Self::Response> {
@@ -74,7 +74,7 @@ impl TypeStream for DeltaStream {
     }
     fn respond(
         &mut self,
-        c: &Resources,
+        c: &Arc<Publication>,
         hint: Option<&[Arc<str>]>,
         v: &VersionSource,
     ) -> Option<Self::Response> {
@@ -165,7 +165,7 @@ impl<S: TypeStream> Ads<S> {
                 (Some((base, names)), false) if state.synced == Some(*base) => Some(&names[..]),
                 _ => None,
             };
-            let response = state.stream.respond(&publication.resources, hint, versions);
+            let response = state.stream.respond(publication, hint, versions);
             state.synced = Some(publication.id);
             state.dirty = false;
             let Some(response) = response else {
@@ -191,7 +191,7 @@ mod tests {
     use envoy_types::pb::google::protobuf::Any;
 
     use super::*;
-    use crate::resource::NamedResource;
+    use crate::resource::{NamedResource, Resources};
     use crate::types::{LISTENER, ROUTE, SECRET};
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 

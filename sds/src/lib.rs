@@ -12,6 +12,7 @@ pub mod delta;
 pub mod frames;
 pub mod grpc;
 pub mod intern;
+mod ledger;
 pub mod names;
 pub mod resource;
 pub mod sotw;

@@ -1,11 +1,14 @@
 //! State-of-the-world streams (`DiscoveryRequest`/`DiscoveryResponse`), following the xDS
 //! protocol's ACK/NACK, nonce and subscription rules.
-use std::collections::{BTreeMap, BTreeSet};
+#[cfg(test)]
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-use crate::resource::Resources;
+use crate::ledger::{Ledger, Told};
+use crate::resource::Publication;
 use crate::types::{is_full_state_type, is_wildcard_type};
 use crate::version::VersionSource;
 use crate::wire::WireDiscoveryResponse;
@@ -38,16 +41,20 @@ impl Subscription {
 #[derive(Debug, Default)]
 pub struct SotwStream {
     type_url: Option<String>,
-    subscription: Subscription,
+    subscription: Arc<Subscription>,
     ever_named: bool,
     /// The fingerprint of the names, in their order, of the last request that gave
     /// `subscription`: clients repeat them in the same order on every ACK.
     names_fingerprint: u64,
     last_nonce: Option<String>,
-    /// name → resource version the client holds (shared with the resources themselves).
-    sent: Option<BTreeMap<Arc<str>, Arc<str>>>,
+    /// What the client holds (name → version): a ledger over the publication last sent, read
+    /// with the subscription of that time. `None` before the first response.
+    sent: Option<(Ledger, Arc<Subscription>)>,
     /// The names the last response added or changed.
     last_changed: Vec<Arc<str>>,
+    /// A request or a forget changed what is due since the last response, so the next one
+    /// compares everything: a hint names only what the publication changed.
+    compare_all: bool,
     acked_version: Option<String>,
     last_nack: Option<Nack>,
 }
@@ -95,9 +102,12 @@ impl SotwStream {
     /// Makes the next response carry `names` again even if unchanged (Envoy finishes warming a
     /// changed cluster only on a fresh endpoint response).
     pub fn forget<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
-        if let Some(sent) = &mut self.sent {
+        if let Some((held, under)) = &mut self.sent {
             for name in names {
-                sent.remove(name);
+                if held.get(name, under.wants(name)).is_some() {
+                    held.set(name.into(), None);
+                    self.compare_all = true;
+                }
             }
         }
     }
@@ -106,6 +116,12 @@ impl SotwStream {
     /// ignored entirely, as the spec says; a NACK is recorded and never answered with the same
     /// content.
     pub fn handle_request(&mut self, req: &DiscoveryRequest) -> Result<Step, ProtocolError> {
+        let step = self.apply_request(req)?;
+        self.compare_all |= step == Step::Respond;
+        Ok(step)
+    }
+
+    fn apply_request(&mut self, req: &DiscoveryRequest) -> Result<Step, ProtocolError> {
         self.check_type(&req.type_url)?;
         let first = self.last_nonce.is_none() && self.sent.is_none();
         if !req.response_nonce.is_empty() && Some(&req.response_nonce) != self.last_nonce.as_ref() {
@@ -189,8 +205,10 @@ impl SotwStream {
                 names: names.iter().map(|n| crate::intern::intern(n)).collect(),
             }
         };
-        let changed = next != self.subscription;
-        self.subscription = next;
+        let changed = next != *self.subscription;
+        if changed {
+            self.subscription = Arc::new(next);
+        }
         changed
     }
 
@@ -205,54 +223,77 @@ impl SotwStream {
     /// what the client does not have yet: a rotation on a stream of 100 secrets sends one.
     pub fn next_response(
         &mut self,
-        current: &Resources,
+        current: &Arc<Publication>,
         hint: Option<&[Arc<str>]>,
         versions: &VersionSource,
     ) -> Option<WireDiscoveryResponse> {
         let type_url = self.type_url.clone()?;
         let full_state = is_full_state_type(&type_url);
+        let first = self.last_nonce.is_none();
+        let sub = self.subscription.clone();
+        let resources = &current.resources;
+        let mut compared_all = false;
+        let compare_all = std::mem::take(&mut self.compare_all);
+        let hint = hint.filter(|_| !compare_all);
         let (changed, set_changed) = match (hint, self.sent.as_mut()) {
-            (Some(names), Some(sent)) => {
+            // Only a client held under the subscription still in force can be hinted.
+            (Some(names), Some((held, under))) if Arc::ptr_eq(under, &sub) => {
                 let mut changed = Vec::new();
                 let mut set_changed = false;
-                for name in names.iter().filter(|n| self.subscription.wants(n)) {
-                    match current.get(&**name) {
-                        Some(r) if sent.get(&**name) != Some(&r.version) => {
-                            sent.insert(r.name.clone(), r.version.clone());
+                for name in names.iter().filter(|n| sub.wants(n)) {
+                    let has = held.get(name, true);
+                    match resources.get(&**name) {
+                        Some(r) if has.as_ref() != Some(&Told::Has(r.version.clone())) => {
+                            held.set(r.name.clone(), Some(Told::Has(r.version.clone())));
                             changed.push(r.name.clone());
                         }
                         Some(_) => {}
-                        None => set_changed |= sent.remove(&**name).is_some(),
+                        None if has.is_some() => {
+                            held.set(name.clone(), None);
+                            set_changed = true;
+                        }
+                        None => {}
                     }
                 }
                 (changed, set_changed)
             }
             _ => {
-                let wanted: BTreeMap<Arc<str>, Arc<str>> = current
-                    .values()
-                    .filter(|r| self.subscription.wants(&r.name))
-                    .map(|r| (r.name.clone(), r.version.clone()))
-                    .collect();
-                let sent = self.sent.as_ref();
-                let changed: Vec<Arc<str>> = wanted
-                    .iter()
-                    .filter(|(name, version)| sent.and_then(|s| s.get(*name)) != Some(*version))
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                let first = sent.is_none();
-                let set_changed = first || sent.is_some_and(|s| s.len() != wanted.len());
-                self.sent = Some(wanted);
-                (changed, set_changed)
+                compared_all = true;
+                let wanted: Vec<_> = resources.values().filter(|r| sub.wants(&r.name)).collect();
+                let (changed, held_count) = match &self.sent {
+                    Some((held, under)) => {
+                        let changed = wanted
+                            .iter()
+                            .filter(|r| {
+                                let has = held.get(&r.name, under.wants(&r.name));
+                                has != Some(Told::Has(r.version.clone()))
+                            })
+                            .map(|r| r.name.clone())
+                            .collect();
+                        (changed, Some(held.told_names(|n| under.wants(n)).len()))
+                    }
+                    None => (wanted.iter().map(|r| r.name.clone()).collect(), None),
+                };
+                (changed, held_count != Some(wanted.len()))
             }
         };
+        if compared_all {
+            // The client now holds exactly what it wants of `current`.
+            self.sent = Some((Ledger::default(), sub.clone()));
+        }
+        let (held, under) = self.sent.as_mut().expect("set above");
+        held.rebase(current, |n| under.wants(n));
         let send: Vec<&Arc<str>> = if full_state {
             if changed.is_empty() && !set_changed {
                 return None;
             }
-            self.sent.as_ref().expect("set above").keys().collect()
+            resources
+                .values()
+                .filter(|r| sub.wants(&r.name))
+                .map(|r| &r.name)
+                .collect()
         } else {
             // The first response is due even when nothing exists yet (an empty answer).
-            let first = self.last_nonce.is_none();
             if changed.is_empty() && !first {
                 return None;
             }
@@ -262,7 +303,7 @@ impl SotwStream {
         let nonce = versions.next();
         let resources = send
             .iter()
-            .map(|n| current[&***n].encoded.clone())
+            .map(|n| resources[&***n].encoded.clone())
             .collect();
         self.last_changed = changed;
         self.last_nonce = Some(nonce.clone());
@@ -282,7 +323,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::resource::NamedResource;
+    use crate::resource::{NamedResource, Resources};
     use crate::wire::decode_any;
 
     fn value(r: &WireDiscoveryResponse, i: usize) -> Vec<u8> {
@@ -290,6 +331,10 @@ mod tests {
     }
 
     const T: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+    fn published(pairs: &[(&str, &str)]) -> Arc<Publication> {
+        Arc::new(Publication::new(res(pairs)))
+    }
 
     fn res(pairs: &[(&str, &str)]) -> Resources {
         pairs
@@ -331,7 +376,7 @@ mod tests {
             )
         ) {
             let v = VersionSource::new(b"t");
-            let current = res(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]);
+            let current = published(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]);
             let mut s = SotwStream::new();
             let mut held: Option<BTreeSet<&str>> = None;
             let mut responded = false;
@@ -354,7 +399,7 @@ mod tests {
     fn first_request_gets_the_named_resources_and_an_ack_gets_nothing() {
         let v = VersionSource::new(b"t");
         let mut s = SotwStream::new();
-        let current = res(&[("default", "1"), ("ROOTCA", "1"), ("other", "1")]);
+        let current = published(&[("default", "1"), ("ROOTCA", "1"), ("other", "1")]);
         assert_eq!(
             s.handle_request(&req(&["default", "ROOTCA"], "", ""))
                 .unwrap(),
@@ -380,10 +425,10 @@ mod tests {
         let mut s = SotwStream::new();
         s.handle_request(&req(&["default"], "", "")).unwrap();
         let r1 = s
-            .next_response(&res(&[("default", "1")]), None, &v)
+            .next_response(&published(&[("default", "1")]), None, &v)
             .unwrap();
         let r2 = s
-            .next_response(&res(&[("default", "2")]), None, &v)
+            .next_response(&published(&[("default", "2")]), None, &v)
             .unwrap();
         assert_ne!(r1.version_info, r2.version_info);
         assert_ne!(r1.nonce, r2.nonce);
@@ -396,12 +441,92 @@ mod tests {
         assert_eq!(s.acked_version(), None);
     }
 
+    proptest::proptest! {
+        /// Whatever the sequence of subscriptions, forgets and publications (hinted successors
+        /// or unrelated ones), the stream sends what a plain map of what the client holds says.
+        #[test]
+        fn the_ledger_sends_what_a_plain_map_of_held_versions_sends(
+            full_state_type in proptest::bool::ANY,
+            ops in proptest::collection::vec(
+                (
+                    proptest::collection::vec(proptest::sample::select(vec!["n0", "n1", "n2", "*"]), 0..3),
+                    proptest::collection::vec(0u8..3, 3),
+                    0u8..4,
+                    proptest::bool::ANY,
+                ),
+                1..30,
+            ),
+        ) {
+            let type_url = if full_state_type { crate::types::CLUSTER } else { T };
+            let v = VersionSource::new(b"m");
+            let mut s = SotwStream::new();
+            let mut held: Option<BTreeMap<String, String>> = None;
+            let mut current = Arc::new(Publication::default());
+            let mut first = true;
+            // The publication the stream last answered for: a successor of it may be hinted.
+            let mut answered = 0;
+            s.handle_request(&req_of(type_url, &[], "", "")).unwrap();
+            for (names, versions, what, respond) in ops {
+                match what {
+                    0 => { s.handle_request(&req_of(type_url, &names, "", "")).unwrap(); }
+                    1 => {
+                        s.forget(names.iter().copied());
+                        if let Some(h) = &mut held { names.iter().for_each(|n| { h.remove(*n); }); }
+                    }
+                    _ => {
+                        let pairs: Vec<(String, String)> = versions.iter().enumerate()
+                            .filter(|(_, v)| **v > 0)
+                            .map(|(i, v)| (format!("n{i}"), v.to_string()))
+                            .collect();
+                        let refs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                        current = if what == 2 {
+                            Publication::successor(&current, res(&refs))
+                        } else {
+                            Arc::new(Publication::new(res(&refs)))
+                        };
+                    }
+                }
+                if !respond {
+                    continue;
+                }
+                let hint = match &current.since {
+                    Some((before, names)) if *before == answered => Some(names.clone()),
+                    _ => None,
+                };
+                answered = current.id;
+                let got = s.next_response(&current, hint.as_deref(), &v).map(|r| {
+                    r.resources.iter().map(|a| String::from_utf8(decode_any(a).value).unwrap()).collect::<Vec<_>>()
+                });
+                // The plain map: compare every wanted resource with what the client holds.
+                let sub = s.subscription();
+                let wanted: BTreeMap<String, String> = current.resources.values()
+                    .filter(|r| sub.wants(&r.name))
+                    .map(|r| (r.name.to_string(), r.version.to_string()))
+                    .collect();
+                let changed: Vec<String> = wanted.iter()
+                    .filter(|(n, ver)| held.as_ref().and_then(|h| h.get(*n)) != Some(*ver))
+                    .map(|(n, ver)| format!("{n}:{ver}"))
+                    .collect();
+                let set_changed = held.as_ref().is_none_or(|h| h.len() != wanted.len());
+                let expected = if full_state_type {
+                    (!changed.is_empty() || set_changed)
+                        .then(|| wanted.iter().map(|(n, ver)| format!("{n}:{ver}")).collect())
+                } else {
+                    (!changed.is_empty() || first).then_some(changed)
+                };
+                held = Some(wanted);
+                first &= got.is_none();
+                proptest::prop_assert_eq!(got, expected);
+            }
+        }
+    }
+
     #[test]
     fn a_nack_is_recorded_and_the_same_content_is_not_resent() {
         let v = VersionSource::new(b"t");
         let mut s = SotwStream::new();
         s.handle_request(&req(&["default"], "", "")).unwrap();
-        let current = res(&[("default", "1")]);
+        let current = published(&[("default", "1")]);
         let r = s.next_response(&current, None, &v).unwrap();
         let mut nack = req(&["default"], "", &r.nonce);
         nack.error_detail = Some(Status {
@@ -413,7 +538,7 @@ mod tests {
         assert_eq!(s.last_nack().unwrap().message, "bad cert");
         assert!(s.next_response(&current, None, &v).is_none());
         assert!(
-            s.next_response(&res(&[("default", "2")]), None, &v)
+            s.next_response(&published(&[("default", "2")]), None, &v)
                 .is_some(),
             "a new version is sent"
         );
@@ -425,7 +550,7 @@ mod tests {
         // Secrets: only the new one; listeners: every wanted one (absence means deleted).
         for (type_url, expected) in [(T, 1), (LISTENER, 2)] {
             let mut s = SotwStream::new();
-            let current = res(&[("a", "1"), ("b", "1")]);
+            let current = published(&[("a", "1"), ("b", "1")]);
             s.handle_request(&req_of(type_url, &["a"], "", "")).unwrap();
             let r = s.next_response(&current, None, &v).unwrap();
             assert_eq!(
@@ -451,25 +576,25 @@ mod tests {
         let mut s = SotwStream::new();
         s.handle_request(&req(&["a", "b", "c"], "", "")).unwrap();
         let first = s
-            .next_response(&res(&[("a", "1"), ("b", "1"), ("c", "1")]), None, &v)
+            .next_response(&published(&[("a", "1"), ("b", "1"), ("c", "1")]), None, &v)
             .unwrap();
         assert_eq!(first.resources.len(), 3);
         let rotated = s
-            .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), None, &v)
+            .next_response(&published(&[("a", "1"), ("b", "2"), ("c", "1")]), None, &v)
             .unwrap();
         assert_eq!(rotated.resources.len(), 1);
         assert_eq!(value(&rotated, 0), b"b:2");
         assert!(
-            s.next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), None, &v)
+            s.next_response(&published(&[("a", "1"), ("b", "2"), ("c", "1")]), None, &v)
                 .is_none()
         );
         // A resource that went away and came back unchanged is sent again.
         assert!(
-            s.next_response(&res(&[("a", "1"), ("b", "2")]), None, &v)
+            s.next_response(&published(&[("a", "1"), ("b", "2")]), None, &v)
                 .is_none()
         );
         let back = s
-            .next_response(&res(&[("a", "1"), ("b", "2"), ("c", "1")]), None, &v)
+            .next_response(&published(&[("a", "1"), ("b", "2"), ("c", "1")]), None, &v)
             .unwrap();
         assert_eq!(back.resources.len(), 1);
         assert_eq!(value(&back, 0), b"c:1");
@@ -479,7 +604,7 @@ mod tests {
     fn legacy_wildcard_until_a_name_is_given() {
         let v = VersionSource::new(b"t");
         let mut s = SotwStream::new();
-        let current = res(&[("a", "1"), ("b", "1")]);
+        let current = published(&[("a", "1"), ("b", "1")]);
         s.handle_request(&req_of(LISTENER, &[], "", "")).unwrap();
         assert!(s.subscription().is_wildcard());
         let r = s.next_response(&current, None, &v).unwrap();
@@ -501,7 +626,7 @@ mod tests {
     #[test]
     fn only_listeners_and_clusters_have_a_wildcard() {
         let v = VersionSource::new(b"t");
-        let current = res(&[("a", "1"), ("*", "1")]);
+        let current = published(&[("a", "1"), ("*", "1")]);
         // An empty first list and `*` mean nothing special for secrets (or routes, endpoints).
         let mut s = SotwStream::new();
         s.handle_request(&req(&[], "", "")).unwrap();
@@ -531,7 +656,7 @@ mod tests {
     fn forgotten_names_are_sent_again_unchanged() {
         let v = VersionSource::new(b"t");
         let mut s = SotwStream::new();
-        let current = res(&[("a", "1"), ("b", "1")]);
+        let current = published(&[("a", "1"), ("b", "1")]);
         s.handle_request(&req(&["a", "b"], "", "")).unwrap();
         let r = s.next_response(&current, None, &v).unwrap();
         assert_eq!(s.last_changed(), [Arc::from("a"), Arc::from("b")]);
@@ -571,7 +696,7 @@ mod tests {
                 if nack { r.error_detail = Some(Status::default()); }
                 let _ = s.handle_request(&r);
                 let g = generation.to_string();
-                if let Some(resp) = s.next_response(&res(&[("a", &g), ("b", "1")]), None, &v) {
+                if let Some(resp) = s.next_response(&published(&[("a", &g), ("b", "1")]), None, &v) {
                     prop_assert!(nonces.insert(resp.nonce.clone()));
                     for any in &resp.resources {
                         let name = String::from_utf8_lossy(&decode_any(any).value).split(':').next().unwrap().to_string();

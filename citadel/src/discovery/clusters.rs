@@ -10,7 +10,14 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig, LbPolicy,
     MaglevLbConfig, RingHashLbConfig,
 };
+use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, OutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TransportConfig;
+use envoy_types::pb::envoy::config::core::v3::{Metadata, TransportSocket};
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
+use mesh::security::MtlsMode;
 use envoy_types::pb::envoy::config::core::v3::{
     BindConfig, Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CoreHttpOptions,
     Locality, UpstreamHttpProtocolOptions, address::Address as AddressKind,
@@ -164,6 +171,19 @@ fn outbound(
         circuit_breakers: Some(unlimited(policy.pool)),
         ..Default::default()
     };
+    // Istio's auto mTLS: without a DestinationRule's TLS, clients follow what each mesh
+    // destination's PeerAuthentication accepts.
+    let auto_mtls = policy.tls.is_none() && service.location == Location::MeshInternal;
+    let plaintext: Vec<bool> = endpoints
+        .iter()
+        .map(|e| auto_mtls && accepts_plaintext_only(ctx, e, port))
+        .collect();
+    let mixed = plaintext.iter().any(|p| *p) && !plaintext.iter().all(|p| *p);
+    let tagged: Vec<(&Endpoint, bool)> = endpoints
+        .iter()
+        .zip(&plaintext)
+        .map(|(e, p)| (*e, mixed && *p))
+        .collect();
     match service.resolution {
         Resolution::None if service.endpoints.is_empty() => {
             cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
@@ -178,7 +198,7 @@ fn outbound(
                 DiscoveryType::StrictDns
             };
             cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(kind as i32));
-            let mut cla = load_assignment(&name, port, &endpoints);
+            let mut cla = load_assignment(&name, port, &tagged);
             if endpoints.is_empty() {
                 cla.endpoints = vec![locality_endpoints(
                     "",
@@ -195,7 +215,7 @@ fn outbound(
                 eds_config: Some(ads_source()),
                 service_name: name.clone(),
             });
-            out.endpoints.push(load_assignment(&name, port, &endpoints));
+            out.endpoints.push(load_assignment(&name, port, &tagged));
             lb(&mut cluster, policy.lb);
         }
     }
@@ -221,7 +241,13 @@ fn outbound(
             }
             false
         }
-        None => service.location == Location::MeshInternal,
+        None if auto_mtls => {
+            if mixed {
+                cluster.transport_socket_matches = vec![plaintext_match()];
+            }
+            endpoints.is_empty() || !plaintext.iter().all(|p| *p)
+        }
+        None => false,
     };
     if mtls {
         // A DestinationRule's own subjectAltNames replace the endpoints' identities.
@@ -411,14 +437,23 @@ fn locality_endpoints(locality: &str, lb_endpoints: Vec<LbEndpoint>) -> Locality
     }
 }
 
-/// The endpoints of one cluster, grouped by locality.
-fn load_assignment(name: &str, port: &Port, endpoints: &[&Endpoint]) -> ClusterLoadAssignment {
+/// The endpoints of one cluster, grouped by locality; those marked `true` carry the
+/// [`plaintext_match`] label.
+fn load_assignment(
+    name: &str,
+    port: &Port,
+    endpoints: &[(&Endpoint, bool)],
+) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
-    for e in endpoints {
-        by_locality
-            .entry(e.locality.as_str())
-            .or_default()
-            .push(lb_endpoint(&e.address, e.port_for(port), e.weight));
+    for (e, plaintext) in endpoints {
+        let mut lb = lb_endpoint(&e.address, e.port_for(port), e.weight);
+        if *plaintext {
+            lb.metadata = Some(Metadata {
+                filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_string(), plaintext_label())].into(),
+                ..Default::default()
+            });
+        }
+        by_locality.entry(e.locality.as_str()).or_default().push(lb);
     }
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
@@ -427,6 +462,40 @@ fn load_assignment(name: &str, port: &Port, endpoints: &[&Endpoint]) -> ClusterL
             .map(|(l, eps)| locality_endpoints(l, eps))
             .collect(),
         ..Default::default()
+    }
+}
+
+/// Where Envoy looks for the endpoint labels a cluster's `transport_socket_matches` select on.
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// Whether the endpoint's workload takes only plaintext on this port (PeerAuthentication
+/// DISABLE): then its clients must not send mTLS.
+fn accepts_plaintext_only(ctx: &Ctx<'_>, e: &Endpoint, port: &Port) -> bool {
+    ctx.peer.mode(&e.namespace, &e.labels, e.port_for(port)) == MtlsMode::Disable
+}
+
+fn plaintext_label() -> Struct {
+    Struct {
+        fields: [(
+            "tlsMode".to_string(),
+            Value {
+                kind: Some(Kind::StringValue("disabled".into())),
+            },
+        )]
+        .into(),
+    }
+}
+
+/// For a cluster whose destinations differ: endpoints labelled plaintext get no TLS, the
+/// others the cluster's mTLS.
+fn plaintext_match() -> TransportSocketMatch {
+    TransportSocketMatch {
+        name: "tlsMode-disabled".into(),
+        r#match: Some(plaintext_label()),
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.raw_buffer".into(),
+            config_type: Some(TransportConfig::TypedConfig(any(&RawBuffer::default()))),
+        }),
     }
 }
 

@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 use mesh::networking::{CaptureMode, OutboundMode, RouteDestination, Sidecar};
+use mesh::security::MtlsMode;
 
 use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, inbound_name, outbound_name};
 use super::proxy::Interception;
@@ -50,6 +51,8 @@ pub struct InboundPort {
     pub target_port: u32,
     /// Where a `captureMode: NONE` ingress listener binds (no redirect).
     pub bind: Option<String>,
+    /// What the port accepts, by PeerAuthentication (never UNSET).
+    pub mtls: MtlsMode,
 }
 
 /// The ports of the proxy's workload: every service port of which one of its IPs is an
@@ -87,6 +90,7 @@ pub fn inbound_ports(
                     target_port: target,
                     bind: (ing.capture_mode == CaptureMode::None)
                         .then(|| ing.bind.clone().unwrap_or_else(|| "0.0.0.0".into())),
+                    mtls: ctx.inbound_mode(port.number),
                 })
             })
             .collect();
@@ -103,6 +107,7 @@ pub fn inbound_ports(
                     target_host: "127.0.0.1".into(),
                     target_port: target,
                     bind: None,
+                    mtls: ctx.inbound_mode(target),
                 });
             }
         }
@@ -493,14 +498,17 @@ fn tls_inspector() -> ListenerFilter {
     }
 }
 
-/// Two chains per port: mTLS (ALPN/TLS detected) and plaintext, Istio's PERMISSIVE default.
-/// Their names carry the mode, so per-chain stats tell them apart.
+/// The chains of one port, by its PeerAuthentication mode: STRICT one mTLS chain for every
+/// connection (plaintext fails the handshake), DISABLE one plaintext chain, PERMISSIVE both,
+/// told apart by `tls_inspector`. Stat prefixes `inbound_PORT_MODE_mtls|plaintext` count each
+/// mode's connections and requests, so who still speaks plaintext can be read off them.
 fn inbound_chains(p: &InboundPort) -> Vec<FilterChain> {
     let cluster = inbound_name(p.port);
     let terminal = |tls: bool| {
         let stat = format!(
-            "inbound_{}_{}",
+            "inbound_{}_{}_{}",
             p.port,
+            p.mtls.as_str(),
             if tls { "mtls" } else { "plaintext" }
         );
         if p.protocol.is_http() {
@@ -531,29 +539,35 @@ fn inbound_chains(p: &InboundPort) -> Vec<FilterChain> {
             tcp_proxy(&stat, &[(cluster.clone(), 1)])
         }
     };
-    vec![
-        FilterChain {
-            name: format!("inbound_0.0.0.0_{}_mtls", p.port),
-            filter_chain_match: Some(FilterChainMatch {
-                destination_port: u32v(p.port),
-                transport_protocol: "tls".into(),
-                ..Default::default()
-            }),
-            transport_socket: Some(downstream_mtls()),
-            filters: vec![terminal(true)],
-            ..Default::default()
+    // Only PERMISSIVE tells the transports apart; the others take every connection on the port.
+    let permissive = p.mtls == MtlsMode::Permissive;
+    let matching = |transport: &str| FilterChainMatch {
+        destination_port: u32v(p.port),
+        transport_protocol: if permissive {
+            transport.into()
+        } else {
+            String::new()
         },
-        FilterChain {
-            name: format!("inbound_0.0.0.0_{}_plaintext", p.port),
-            filter_chain_match: Some(FilterChainMatch {
-                destination_port: u32v(p.port),
-                transport_protocol: "raw_buffer".into(),
-                ..Default::default()
-            }),
-            filters: vec![terminal(false)],
-            ..Default::default()
-        },
-    ]
+        ..Default::default()
+    };
+    let mtls = FilterChain {
+        name: format!("inbound_0.0.0.0_{}_mtls", p.port),
+        filter_chain_match: Some(matching("tls")),
+        transport_socket: Some(downstream_mtls()),
+        filters: vec![terminal(true)],
+        ..Default::default()
+    };
+    let plaintext = FilterChain {
+        name: format!("inbound_0.0.0.0_{}_plaintext", p.port),
+        filter_chain_match: Some(matching("raw_buffer")),
+        filters: vec![terminal(false)],
+        ..Default::default()
+    };
+    match p.mtls {
+        MtlsMode::Strict => vec![mtls],
+        MtlsMode::Disable => vec![plaintext],
+        MtlsMode::Permissive | MtlsMode::Unset => vec![mtls, plaintext],
+    }
 }
 
 /// The inbound capture listener. Unlike `virtualOutbound` it never hands connections to

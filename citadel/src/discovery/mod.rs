@@ -86,6 +86,8 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     pub proxy: &'a Proxy,
     sidecar: Option<&'a mesh::networking::Sidecar>,
+    /// The PeerAuthentications, for the proxy's own ports and for its destinations'.
+    pub peer: mesh::security::PeerPolicies<'a>,
 }
 
 impl<'a> Ctx<'a> {
@@ -95,7 +97,14 @@ impl<'a> Ctx<'a> {
             config,
             proxy,
             sidecar: sidecar_for(config, proxy),
+            peer: mesh::security::PeerPolicies::new(config),
         }
+    }
+
+    /// The PeerAuthentication mode of the proxy's own workload port `port`.
+    pub fn inbound_mode(&self, port: u32) -> mesh::security::MtlsMode {
+        self.peer
+            .mode(&self.proxy.namespace, &self.proxy.labels, port)
     }
 
     /// The proxy's Sidecar outbound policy, else the mesh's.

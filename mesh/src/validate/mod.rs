@@ -3,6 +3,7 @@
 //! `istio/istio:pkg/config/validation`; messages say what is wrong and what is allowed.
 mod common;
 mod destination_rule;
+mod peer_authentication;
 mod service_entry;
 mod sidecar;
 mod virtual_service;
@@ -27,6 +28,7 @@ pub fn object(object: &Object) -> Vec<Problem> {
         Spec::ServiceEntry(se) => service_entry::validate(&mut report, &spec, se),
         Spec::WorkloadEntry(we) => service_entry::workload_entry(&mut report, &spec, we, true),
         Spec::Sidecar(sc) => sidecar::validate(&mut report, &spec, sc),
+        Spec::PeerAuthentication(pa) => peer_authentication::validate(&mut report, &spec, pa),
     }
     report.problems
 }
