@@ -1,6 +1,7 @@
-//! What a delta client was told about each name, kept as the publication it was last brought
-//! up to date with plus the names where it differs: a stream in step with the server costs a
-//! pointer and a handful of exceptions instead of a map of every resource it holds.
+//! What a client holds of each name (delta: what it was told; state of the world: what it was
+//! sent), kept as the publication it was last brought up to date with plus the names where it
+//! differs: a stream in step with the server costs a pointer and a handful of exceptions instead
+//! of a map of every resource it holds.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
