@@ -231,6 +231,7 @@ fn typed_spec(kind: Kind, value: Value) -> Result<Spec, Problem> {
         Kind::DestinationRule => Spec::DestinationRule(Box::new(spec_of(value)?)),
         Kind::Sidecar => Spec::Sidecar(Box::new(spec_of(value)?)),
         Kind::PeerAuthentication => Spec::PeerAuthentication(Box::new(spec_of(value)?)),
+        Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(Box::new(spec_of(value)?)),
     })
 }
 

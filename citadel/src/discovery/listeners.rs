@@ -32,6 +32,7 @@ use mesh::security::MtlsMode;
 
 use super::clusters::{BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, inbound_name, outbound_name};
 use super::proxy::Interception;
+use super::rbac;
 use super::routes::{cors_filter, fault_filter};
 use super::services::{Protocol, Registry, Service, resolve_host};
 use super::tls::downstream_mtls;
@@ -165,15 +166,22 @@ fn http_filters() -> Vec<HttpFilter> {
     ]
 }
 
-fn hcm(stat: &str, routes: RouteSpecifier, inbound: bool) -> Filter {
+/// An HTTP connection manager; `inbound` carries the port's authorization filters, which go
+/// first (an outbound one has none).
+fn hcm(stat: &str, routes: RouteSpecifier, inbound: Option<Vec<HttpFilter>>) -> Filter {
+    let is_inbound = inbound.is_some();
     let mut m = HttpConnectionManager {
         stat_prefix: stat.into(),
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(routes),
-        http_filters: http_filters(),
+        http_filters: inbound
+            .into_iter()
+            .flatten()
+            .chain(http_filters())
+            .collect(),
         ..Default::default()
     };
-    if inbound {
+    if is_inbound {
         // The application sees who called (Istio's X-Forwarded-Client-Cert).
         m.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
         m.set_current_client_cert_details = Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::SetCurrentClientCertDetails {
@@ -208,7 +216,7 @@ pub fn build(
     sidecar: Option<&Sidecar>,
 ) -> Vec<Listener> {
     let mut out = match ctx.proxy.interception {
-        Interception::Redirect => vec![virtual_outbound(ctx), virtual_inbound(inbound)],
+        Interception::Redirect => vec![virtual_outbound(ctx), virtual_inbound(ctx, inbound)],
         Interception::None => vec![],
     };
     // Rootless capture: Sidecar egress listeners with captureMode NONE bind their address.
@@ -235,7 +243,7 @@ pub fn build(
         };
         let mut l = listener(&format!("{host}_{port}"), &host, port, bind);
         l.filter_chains = vec![FilterChain {
-            filters: vec![hcm(&format!("outbound_{host}_{port}"), rds(port), false)],
+            filters: vec![hcm(&format!("outbound_{host}_{port}"), rds(port), None)],
             ..Default::default()
         }];
         out.push(l);
@@ -308,7 +316,7 @@ pub fn build(
     out.extend(inbound.iter().filter(|p| p.bind.is_some()).map(|p| {
         let bind = p.bind.clone().unwrap_or_default();
         let mut l = listener(&format!("inbound_{bind}_{}", p.port), &bind, p.port, true);
-        l.filter_chains = inbound_chains(p);
+        l.filter_chains = inbound_chains(ctx, p);
         l.listener_filters = vec![tls_inspector()];
         l
     }));
@@ -502,8 +510,9 @@ fn tls_inspector() -> ListenerFilter {
 /// connection (plaintext fails the handshake), DISABLE one plaintext chain, PERMISSIVE both,
 /// told apart by `tls_inspector`. Stat prefixes `inbound_PORT_MODE_mtls|plaintext` count each
 /// mode's connections and requests, so who still speaks plaintext can be read off them.
-fn inbound_chains(p: &InboundPort) -> Vec<FilterChain> {
+fn inbound_chains(ctx: &Ctx<'_>, p: &InboundPort) -> Vec<FilterChain> {
     let cluster = inbound_name(p.port);
+    let trust_domain = &ctx.config.mesh.trust_domain;
     let terminal = |tls: bool| {
         let stat = format!(
             "inbound_{}_{}_{}",
@@ -534,9 +543,12 @@ fn inbound_chains(p: &InboundPort) -> Vec<FilterChain> {
                 }],
                 ..Default::default()
             };
-            hcm(&stat, RouteSpecifier::RouteConfig(routes), true)
+            let authz = rbac::http_filters(&ctx.authz, trust_domain);
+            vec![hcm(&stat, RouteSpecifier::RouteConfig(routes), Some(authz))]
         } else {
-            tcp_proxy(&stat, &[(cluster.clone(), 1)])
+            let mut filters = rbac::network_filters(&ctx.authz, trust_domain, &stat);
+            filters.push(tcp_proxy(&stat, &[(cluster.clone(), 1)]));
+            filters
         }
     };
     // Only PERMISSIVE tells the transports apart; the others take every connection on the port.
@@ -554,13 +566,13 @@ fn inbound_chains(p: &InboundPort) -> Vec<FilterChain> {
         name: format!("inbound_0.0.0.0_{}_mtls", p.port),
         filter_chain_match: Some(matching("tls")),
         transport_socket: Some(downstream_mtls()),
-        filters: vec![terminal(true)],
+        filters: terminal(true),
         ..Default::default()
     };
     let plaintext = FilterChain {
         name: format!("inbound_0.0.0.0_{}_plaintext", p.port),
         filter_chain_match: Some(matching("raw_buffer")),
-        filters: vec![terminal(false)],
+        filters: terminal(false),
         ..Default::default()
     };
     match p.mtls {
@@ -573,7 +585,7 @@ fn inbound_chains(p: &InboundPort) -> Vec<FilterChain> {
 /// The inbound capture listener. Unlike `virtualOutbound` it never hands connections to
 /// another listener (`use_original_dst`): that would give inbound traffic to the outbound
 /// `0.0.0.0_PORT` listener of the same port. Its chains match the restored original port.
-fn virtual_inbound(ports: &[InboundPort]) -> Listener {
+fn virtual_inbound(ctx: &Ctx<'_>, ports: &[InboundPort]) -> Listener {
     let mut l = listener(VIRTUAL_INBOUND, "0.0.0.0", INBOUND_PORT, true);
     l.traffic_direction = TrafficDirection::Inbound as i32;
     l.listener_filters = vec![original_dst(), tls_inspector()];
@@ -582,7 +594,7 @@ fn virtual_inbound(ports: &[InboundPort]) -> Listener {
             ports
                 .iter()
                 .filter(|p| p.bind.is_none())
-                .flat_map(inbound_chains),
+                .flat_map(|p| inbound_chains(ctx, p)),
         )
         .collect();
     l.default_filter_chain = Some(FilterChain {

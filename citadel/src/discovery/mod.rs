@@ -4,6 +4,7 @@
 pub mod clusters;
 pub mod listeners;
 pub mod proxy;
+pub mod rbac;
 pub mod routes;
 pub mod services;
 pub mod tls;
@@ -88,6 +89,8 @@ pub struct Ctx<'a> {
     sidecar: Option<&'a mesh::networking::Sidecar>,
     /// The PeerAuthentications, for the proxy's own ports and for its destinations'.
     pub peer: mesh::security::PeerPolicies<'a>,
+    /// The AuthorizationPolicies that apply to the proxy's workload.
+    pub authz: Vec<mesh::security::NamedPolicy<'a>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -98,6 +101,8 @@ impl<'a> Ctx<'a> {
             proxy,
             sidecar: sidecar_for(config, proxy),
             peer: mesh::security::PeerPolicies::new(config),
+            authz: mesh::security::AuthzPolicies::new(config)
+                .for_workload(&proxy.namespace, &proxy.labels),
         }
     }
 
@@ -134,6 +139,8 @@ pub struct ProxyClass {
     sidecar: Option<usize>,
     pub interception: proxy::Interception,
     pub inbound: Vec<listeners::InboundPort>,
+    /// The AuthorizationPolicies that apply (their addresses within the snapshot).
+    authz: Vec<usize>,
 }
 
 /// The class of `proxy` in `config`.
@@ -145,6 +152,11 @@ pub fn class_of(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyCla
         sidecar: sidecar.map(|s| std::ptr::from_ref(s) as usize),
         interception: proxy.interception,
         inbound: listeners::inbound_ports(&ctx, registry, sidecar),
+        authz: ctx
+            .authz
+            .iter()
+            .map(|p| std::ptr::from_ref(p.policy) as usize)
+            .collect(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Istio's validation rules for each kind (what `istioctl validate` and istiod's webhook
 //! check), reported as [`Problem`]s with the field path. The rules follow
 //! `istio/istio:pkg/config/validation`; messages say what is wrong and what is allowed.
+mod authorization_policy;
 mod common;
 mod destination_rule;
 mod peer_authentication;
@@ -29,6 +30,7 @@ pub fn object(object: &Object) -> Vec<Problem> {
         Spec::WorkloadEntry(we) => service_entry::workload_entry(&mut report, &spec, we, true),
         Spec::Sidecar(sc) => sidecar::validate(&mut report, &spec, sc),
         Spec::PeerAuthentication(pa) => peer_authentication::validate(&mut report, &spec, pa),
+        Spec::AuthorizationPolicy(ap) => authorization_policy::validate(&mut report, &spec, ap),
     }
     report.problems
 }
