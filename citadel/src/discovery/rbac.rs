@@ -125,10 +125,6 @@ pub fn network_filters(
     trust_domain: &str,
     stat: &str,
 ) -> Vec<Filter> {
-    let tr = Translate {
-        trust_domain,
-        tcp: true,
-    };
     let network = |config: NetworkRbac| Filter {
         name: NETWORK_RBAC.into(),
         config_type: Some(
@@ -147,7 +143,14 @@ pub fn network_filters(
             .iter()
             .filter(|p| p.policy.action == action && !p.dry_run)
         {
-            let own: HashMap<String, Policy> = tr.envoy_policies(p).into_iter().collect();
+            // This policy's rules, as already translated for the enforcing filter.
+            let prefix = format!("ns[{}]-policy[{}]-rule[", p.namespace, p.name);
+            let own: HashMap<String, Policy> = rules
+                .policies
+                .iter()
+                .filter(|(name, _)| name.starts_with(&prefix))
+                .map(|(name, policy)| (name.clone(), policy.clone()))
+                .collect();
             if own.is_empty() {
                 continue;
             }
