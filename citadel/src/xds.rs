@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use sds::grpc::{AdsHandler, ResponseStream};
-use sds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use sds::types::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use sds::wire::{WireDeltaDiscoveryResponse, WireDiscoveryResponse};
 use sds::{AdsStream, DeltaAdsStream, NamedResource, Publication, Resources, VersionSource};
 use tokio::sync::{mpsc, watch};
@@ -145,6 +145,7 @@ fn encode(r: ProxyResources, versions: &VersionSource) -> HashMap<&'static str, 
         ),
         (LISTENER, of(r.listeners, |l| l.name.clone(), versions)),
         (ROUTE, of(r.routes, |rc| rc.name.clone(), versions)),
+        (SECRET, of(r.secrets, |s| s.name.clone(), versions)),
     ])
 }
 

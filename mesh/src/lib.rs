@@ -1,7 +1,8 @@
 //! Istio's traffic configuration as Rust types, the one source for loading, validation and (later)
 //! CRD schemas: the `networking.istio.io` kinds ServiceEntry, WorkloadEntry, VirtualService,
-//! DestinationRule and Sidecar in API versions v1, v1beta1 and v1alpha3, `security.istio.io`'s
-//! PeerAuthentication and AuthorizationPolicy in v1 and v1beta1, and the MeshConfig subset
+//! DestinationRule, Sidecar and Gateway in API versions v1, v1beta1 and v1alpha3, `security.istio.io`'s
+//! PeerAuthentication and AuthorizationPolicy in v1 and v1beta1, Kubernetes' v1 Secret (what a
+//! gateway's `credentialName` names), and the MeshConfig subset
 //! citadel honours. Pure: no I/O beyond reading the files it is asked to load, no async.
 //!
 //! Loading parses Kubernetes-style multi-document YAML into typed objects; validation applies
@@ -15,6 +16,7 @@ pub mod load;
 pub mod mesh_config;
 pub mod meta;
 pub mod networking;
+pub mod secret;
 pub mod security;
 pub mod validate;
 

@@ -152,7 +152,8 @@ fn document_object(value: Value) -> DocumentResult {
         None => ObjectMeta::default(),
     };
     let describe = format!("{kind_name} {}/{}", meta.namespace(), meta.name);
-    if !ISTIO_GROUPS.contains(&group) {
+    let core_secret = group.is_empty() && kind_name == Kind::Secret.as_str();
+    if !ISTIO_GROUPS.contains(&group) && !core_secret {
         // Kubernetes Deployments, Services, ... in the same directory: not ours to load.
         return Ok(None);
     }
@@ -178,16 +179,25 @@ fn document_object(value: Value) -> DocumentResult {
         ));
     }
     let mut problems = Vec::new();
-    for key in map.keys() {
-        let key = key.as_str().unwrap_or("");
-        if !["apiVersion", "kind", "metadata", "spec", "status"].contains(&key) {
-            problems.push(Problem::error(key, "unknown top-level field"));
+    let envelope = ["apiVersion", "kind", "metadata"];
+    let spec_value = if core_secret {
+        // A Secret's payload is top-level (`type`, `data`, `stringData`), not under `spec`.
+        let mut payload = map.clone();
+        for key in envelope {
+            payload.remove(key);
         }
-    }
-    let spec_value = map
-        .get("spec")
-        .cloned()
-        .unwrap_or(Value::Mapping(Default::default()));
+        Value::Mapping(payload)
+    } else {
+        for key in map.keys() {
+            let key = key.as_str().unwrap_or("");
+            if !envelope.contains(&key) && !["spec", "status"].contains(&key) {
+                problems.push(Problem::error(key, "unknown top-level field"));
+            }
+        }
+        map.get("spec")
+            .cloned()
+            .unwrap_or(Value::Mapping(Default::default()))
+    };
     let spec = match typed_spec(kind, spec_value) {
         Ok(spec) => spec,
         Err(p) => {
@@ -230,6 +240,11 @@ fn typed_spec(kind: Kind, value: Value) -> Result<Spec, Problem> {
         Kind::VirtualService => Spec::VirtualService(Box::new(spec_of(value)?)),
         Kind::DestinationRule => Spec::DestinationRule(Box::new(spec_of(value)?)),
         Kind::Sidecar => Spec::Sidecar(Box::new(spec_of(value)?)),
+        Kind::Gateway => Spec::Gateway(Box::new(spec_of(value)?)),
+        Kind::Secret => Spec::Secret(Box::new(
+            serde_path_to_error::deserialize(value)
+                .map_err(|e| Problem::error(e.path().to_string(), e.into_inner().to_string()))?,
+        )),
         Kind::PeerAuthentication => Spec::PeerAuthentication(Box::new(spec_of(value)?)),
         Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(Box::new(spec_of(value)?)),
     })

@@ -5,7 +5,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::networking::{DestinationRule, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
+use crate::networking::{
+    DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry,
+};
+use crate::secret::{CORE_VERSIONS, Secret};
 use crate::security::{AuthorizationPolicy, PeerAuthentication, SECURITY_GROUP, SECURITY_VERSIONS};
 
 /// The API group of Istio's traffic kinds.
@@ -21,25 +24,31 @@ pub enum Kind {
     VirtualService,
     DestinationRule,
     Sidecar,
+    Gateway,
     PeerAuthentication,
     AuthorizationPolicy,
+    /// Kubernetes' core `v1` Secret (group `""`).
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Sidecar,
+        Kind::Gateway,
         Kind::PeerAuthentication,
         Kind::AuthorizationPolicy,
+        Kind::Secret,
     ];
 
     /// The API group that serves the kind.
     pub fn group(self) -> &'static str {
         match self {
             Kind::PeerAuthentication | Kind::AuthorizationPolicy => SECURITY_GROUP,
+            Kind::Secret => "",
             _ => NETWORKING_GROUP,
         }
     }
@@ -48,6 +57,7 @@ impl Kind {
     pub fn versions(self) -> &'static [&'static str] {
         match self.group() {
             SECURITY_GROUP => &SECURITY_VERSIONS,
+            "" => &CORE_VERSIONS,
             _ => &NETWORKING_VERSIONS,
         }
     }
@@ -59,8 +69,10 @@ impl Kind {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
             Kind::Sidecar => "Sidecar",
+            Kind::Gateway => "Gateway",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -108,8 +120,10 @@ pub enum Spec {
     VirtualService(Box<VirtualService>),
     DestinationRule(Box<DestinationRule>),
     Sidecar(Box<Sidecar>),
+    Gateway(Box<Gateway>),
     PeerAuthentication(Box<PeerAuthentication>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    Secret(Box<Secret>),
 }
 
 impl Spec {
@@ -120,8 +134,10 @@ impl Spec {
             Spec::VirtualService(_) => Kind::VirtualService,
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::Sidecar(_) => Kind::Sidecar,
+            Spec::Gateway(_) => Kind::Gateway,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Spec::Secret(_) => Kind::Secret,
         }
     }
 }

@@ -34,12 +34,13 @@ fn istio_samples_load_unchanged() {
             // Refusals among them are authorization_policy.rs's subject.
             continue;
         }
-        if name.starts_with("tcp-echo") {
-            // The sample also declares its ingress Gateway, which comes with the gateway work.
+        if name == "tcp-echo-all-v1.yaml" {
+            // The sample also declares a TCP ingress Gateway server, which citadel's gateway
+            // does not serve yet.
             assert!(
-                errors
-                    .iter()
-                    .all(|e| e.contains("Gateway") && e.contains("not supported by citadel yet")),
+                !errors.is_empty()
+                    && errors.iter().all(|e| e.contains("Gateway")
+                        && e.contains("TCP servers are not supported by citadel's gateway yet")),
                 "{name}: {errors:?}"
             );
         } else {

@@ -106,6 +106,8 @@ struct PodSpec {
     app: Option<&'static [&'static str]>,
     /// The sidecar's uid and service account, or no sidecar.
     sidecar: Option<(u32, &'static str)>,
+    /// The Envoy is a gateway (`sidecar bootstrap --router`): no redirect, it binds its ports.
+    gateway: bool,
 }
 
 /// citadel, the agent, and the pods with their applications and sidecars. Everything stops
@@ -185,7 +187,7 @@ impl World {
                 world._procs.push(pod.spawn_ready(cmd));
             }
             if let Some((uid, _)) = p.sidecar {
-                let envoy = world.sidecar(&pod, p.namespace, p.name, uid, &envoy);
+                let envoy = world.sidecar(&pod, p, uid, &envoy);
                 world._procs.push(envoy);
             }
             world.pods.insert(p.name, pod);
@@ -204,14 +206,8 @@ impl World {
 
     /// The redirect, then Envoy under `uid`, started from what `citadel sidecar bootstrap`
     /// prints for the pod's WorkloadEntry.
-    fn sidecar(
-        &mut self,
-        pod: &Pod,
-        namespace: &str,
-        workload: &'static str,
-        uid: u32,
-        envoy: &Path,
-    ) -> Proc {
+    fn sidecar(&mut self, pod: &Pod, spec: &PodSpec, uid: u32, envoy: &Path) -> Proc {
+        let (namespace, workload) = (spec.namespace, spec.name);
         let loaded = mesh::load_dir(&self.config_dir).unwrap();
         let socket = self.dir.join("agent.sock");
         let opts = citadel::bootstrap::BootstrapOptions {
@@ -219,15 +215,24 @@ impl World {
             agent_socket: &socket,
             xds: citadel::bootstrap::XdsSource::Agent,
             admin: "127.0.0.1:15000".parse().unwrap(),
-            router: false,
-            redirect: true,
+            router: spec.gateway,
+            redirect: !spec.gateway,
         };
         let bootstrap =
             citadel::bootstrap::sidecar(&loaded.config, &format!("{namespace}/{workload}"), &opts)
                 .unwrap();
         let file = self.dir.join(format!("{workload}.json"));
         std::fs::write(&file, bootstrap.to_string()).unwrap();
-        pod.run(AGENT, &["iptables", "--proxy-uid", &uid.to_string()]);
+        if spec.gateway {
+            // A gateway binds its servers' ports (80, 443) under its own uid, as Istio's
+            // gateway pods do with this sysctl.
+            pod.run(
+                "sysctl",
+                &["-q", "-w", "net.ipv4.ip_unprivileged_port_start=0"],
+            );
+        } else {
+            pod.run(AGENT, &["iptables", "--proxy-uid", &uid.to_string()]);
+        }
         let log = self.dir.join(format!("{workload}-envoy.log"));
         let child = pod
             .command_as(uid, envoy)
@@ -366,6 +371,7 @@ const fn pod_in(
         addr,
         app,
         sidecar,
+        gateway: false,
     }
 }
 
@@ -1234,4 +1240,256 @@ spec:
             && tcp(foo, 9002).failed() == 3
     })
     .await;
+}
+
+const fn gateway_pod(
+    namespace: &'static str,
+    name: &'static str,
+    addr: Ipv4Addr,
+    gateway: (u32, &'static str),
+) -> PodSpec {
+    PodSpec {
+        gateway: true,
+        ..pod_in(namespace, name, addr, None, Some(gateway))
+    }
+}
+
+/// The certificate of Istio's secure-ingress task, made with the page's `openssl` commands
+/// (plus a DNS SAN, which clients check), and the Secret `kubectl create -n istio-system
+/// secret tls httpbin-credential` makes of it, as `kubectl get -o yaml` prints it. Returns the
+/// root's path and the Secret.
+fn httpbin_credential(dir: &Path) -> (PathBuf, String) {
+    use base64::Engine as _;
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl (scripts/test.sh installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let subj = "/O=example Inc./CN=example.com";
+    openssl(&[
+        "req",
+        "-x509",
+        "-sha256",
+        "-nodes",
+        "-days",
+        "365",
+        "-newkey",
+        "rsa:2048",
+        "-subj",
+        subj,
+        "-keyout",
+        "example.com.key",
+        "-out",
+        "example.com.crt",
+    ]);
+    let subj = "/CN=httpbin.example.com/O=httpbin organization";
+    openssl(&[
+        "req",
+        "-out",
+        "httpbin.example.com.csr",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "httpbin.example.com.key",
+        "-subj",
+        subj,
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:httpbin.example.com\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-sha256",
+        "-days",
+        "365",
+        "-CA",
+        "example.com.crt",
+        "-CAkey",
+        "example.com.key",
+        "-set_serial",
+        "0",
+        "-in",
+        "httpbin.example.com.csr",
+        "-out",
+        "httpbin.example.com.crt",
+        "-extfile",
+        "san.ext",
+    ]);
+    let b64 = |file: &str| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join(file)).unwrap())
+    };
+    let secret = format!(
+        "apiVersion: v1
+kind: Secret
+metadata: {{name: httpbin-credential, namespace: istio-system}}
+type: kubernetes.io/tls
+data:
+  tls.crt: {}
+  tls.key: {}
+",
+        b64("httpbin.example.com.crt"),
+        b64("httpbin.example.com.key")
+    );
+    (dir.join("example.com.crt"), secret)
+}
+
+/// Istio's ingress tasks on a gateway Envoy started from `citadel sidecar bootstrap --router`:
+/// a client outside the mesh (no sidecar, no identity) calls `httpbin.example.com` on the
+/// gateway, first over HTTP (ingress-control's Gateway and VirtualService, unchanged), then
+/// over HTTPS with the `credentialName` Secret from the store (secure-ingress's, set live).
+/// The gateway goes into the mesh over mTLS with its own SVID, and httpbin's policy allows
+/// that principal only: a sidecar'd client in the mesh and the outside client calling httpbin
+/// directly are refused. A DENY on the gateway by client address refuses a second outside
+/// client there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_gateway_into_the_mesh() {
+    const GATEWAY_SA: &str = "istio-ingressgateway-service-account";
+    let gateway_id = format!("spiffe://cluster.local/ns/istio-system/sa/{GATEWAY_SA}");
+    let ip = |last: u8| Ipv4Addr::new(198, 18, 5, last);
+    let certs = tempfile::tempdir().unwrap();
+    let (root, secret) = httpbin_credential(certs.path());
+    let mut services = String::from(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin.default.svc.cluster.local]
+  addresses: [198.19.5.1]
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: httpbin}}
+---
+",
+    );
+    services += &workload("httpbin", &ip(11).to_string(), "app: httpbin", "httpbin");
+    services += &workload("sleep", &ip(10).to_string(), "app: sleep", "sleep");
+    services += &workload_in(
+        "istio-system",
+        "istio-ingressgateway",
+        &ip(30).to_string(),
+        "istio: ingressgateway",
+        GATEWAY_SA,
+    );
+    let policies = format!(
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: httpbin-from-ingress, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/istio-system/sa/{GATEWAY_SA}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ingress-policy, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules:
+  - from:
+    - source:
+        ipBlocks: [\"{}\"]
+",
+        ip(41)
+    );
+    let world = World::start(
+        "gw",
+        &[
+            ("services.yaml", services),
+            ("policies.yaml", policies),
+            ("credential.yaml", secret),
+            ("gateway.yaml", istio_policy("gateway-ingress-httpbin.yaml")),
+        ],
+        &[
+            gateway_pod(
+                "istio-system",
+                "istio-ingressgateway",
+                ip(30),
+                (20510, GATEWAY_SA),
+            ),
+            pod(
+                "httpbin",
+                ip(11),
+                Some(&["--http", "8000"]),
+                Some((20511, "httpbin")),
+            ),
+            pod("sleep", ip(10), None, Some((20512, "sleep"))),
+            pod("outside", ip(40), None, None),
+            pod("blocked", ip(41), None, None),
+        ],
+        &[
+            (ip(30), "httpbin.example.com"),
+            (
+                "198.19.5.1".parse().unwrap(),
+                "httpbin httpbin.default.svc.cluster.local",
+            ),
+        ],
+    )
+    .await;
+    let outside = world.pod("outside");
+    let via_gateway = "http://httpbin.example.com/status/200";
+    eventually(
+        Duration::from_secs(30),
+        "the gateway's routes",
+        async || (call(outside, via_gateway, 1, &[]).of("httpbin") == 1).then_some(()),
+    )
+    .await;
+
+    // Outside → gateway → httpbin, the last hop over mTLS with the gateway's SVID.
+    let calls = call(outside, via_gateway, 20, &[]);
+    assert_eq!(calls.of("httpbin"), 20, "{calls:?}\n{}", world.envoy_logs());
+    assert_eq!(calls.peers.get(&gateway_id), Some(&20), "{calls:?}");
+    // Only the VirtualService's paths are exposed; other hosts have no route either.
+    let calls = call(outside, "http://httpbin.example.com/headers", 3, &[]);
+    assert_eq!(calls.status(404), 3, "{calls:?}");
+    let calls = call(outside, "http://198.18.5.30/status/200", 3, &[]);
+    assert_eq!(calls.status(404), 3, "{calls:?}");
+    // httpbin admits the gateway's principal only: not a client in the mesh, nor the outside
+    // client going around the gateway (plaintext, so no principal at all).
+    let calls = call(world.pod("sleep"), "http://httpbin:8000/status/200", 5, &[]);
+    assert_eq!(calls.status(403), 5, "{calls:?}");
+    let calls = call(outside, "http://198.18.5.11:8000/status/200", 5, &[]);
+    assert_eq!(calls.status(403), 5, "{calls:?}");
+    // The gateway's own policy sees the client's address.
+    let calls = call(world.pod("blocked"), via_gateway, 5, &[]);
+    assert_eq!(calls.status(403), 5, "{calls:?}");
+    assert_eq!(
+        world.stat(
+            "istio-ingressgateway",
+            "http.outbound_0.0.0.0_80.rbac.authz_deny.policy.ns[istio-system]-policy[ingress-policy]-rule[0].denied"
+        ),
+        5
+    );
+
+    // secure-ingress, set live: HTTPS on 443 with the Secret from the store.
+    world.write(
+        "gateway.yaml",
+        &istio_policy("gateway-secure-ingress-httpbin.yaml"),
+    );
+    let https = |n: usize| {
+        let mut cmd = client(outside, "https://httpbin.example.com/status/200", n, 4, &[]);
+        cmd.arg("--cacert").arg(&root);
+        run_client(cmd)
+    };
+    eventually(Duration::from_secs(30), "the HTTPS server", async || {
+        (https(1).of("httpbin") == 1).then_some(())
+    })
+    .await;
+    let calls = https(20);
+    assert_eq!(calls.of("httpbin"), 20, "{calls:?}\n{}", world.envoy_logs());
+    assert_eq!(calls.peers.get(&gateway_id), Some(&20), "{calls:?}");
+    // The HTTP server is gone with the Gateway that had it.
+    let calls = call(outside, via_gateway, 2, &[]);
+    assert_eq!(calls.errors.values().sum::<usize>(), 2, "{calls:?}");
 }

@@ -9,6 +9,7 @@ each request on a new connection as a separate curl would be. Prints one JSON ob
 import argparse
 import json
 import socket
+import ssl
 import threading
 import http.client
 from collections import Counter
@@ -17,12 +18,13 @@ from urllib.parse import urlsplit
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("url", help="http://host:port/path or tcp://host:port")
+    p.add_argument("url", help="http://host:port/path, https://host:port/path or tcp://host:port")
     p.add_argument("-n", type=int, default=1)
     p.add_argument("-c", type=int, default=1)
     p.add_argument("-H", action="append", default=[], help="header 'Name: value'")
     p.add_argument("-X", default="GET", help="HTTP method")
     p.add_argument("--timeout", type=float, default=10)
+    p.add_argument("--cacert", help="for https: the CA that must have signed the server (SNI: the URL host)")
     args = p.parse_args()
     u = urlsplit(args.url)
     headers = dict(h.split(":", 1) for h in args.H)
@@ -44,7 +46,11 @@ def main():
                 if not data:
                     raise ConnectionError("closed without an answer")
                 return 200, data.decode().strip(), False, ""
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=args.timeout)
+        if u.scheme == "https":
+            tls = ssl.create_default_context(cafile=args.cacert)
+            conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=args.timeout, context=tls)
+        else:
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=args.timeout)
         try:
             conn.request(args.X, u.path or "/", headers=headers)
             r = conn.getresponse()

@@ -166,21 +166,21 @@ fn http_filters() -> Vec<HttpFilter> {
     ]
 }
 
+fn manager(stat: &str, routes: RouteSpecifier, authz: Vec<HttpFilter>) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: stat.into(),
+        codec_type: CodecType::Auto as i32,
+        route_specifier: Some(routes),
+        http_filters: authz.into_iter().chain(http_filters()).collect(),
+        ..Default::default()
+    }
+}
+
 /// An HTTP connection manager; `inbound` carries the port's authorization filters, which go
 /// first (an outbound one has none).
 fn hcm(stat: &str, routes: RouteSpecifier, inbound: Option<Vec<HttpFilter>>) -> Filter {
     let is_inbound = inbound.is_some();
-    let mut m = HttpConnectionManager {
-        stat_prefix: stat.into(),
-        codec_type: CodecType::Auto as i32,
-        route_specifier: Some(routes),
-        http_filters: inbound
-            .into_iter()
-            .flatten()
-            .chain(http_filters())
-            .collect(),
-        ..Default::default()
-    };
+    let mut m = manager(stat, routes, inbound.unwrap_or_default());
     if is_inbound {
         // The application sees who called (Istio's X-Forwarded-Client-Cert).
         m.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
@@ -192,6 +192,19 @@ fn hcm(stat: &str, routes: RouteSpecifier, inbound: Option<Vec<HttpFilter>>) -> 
     filter("envoy.filters.network.http_connection_manager", any(&m))
 }
 
+/// A gateway's HTTP connection manager: the edge of the mesh, so the downstream address is
+/// the client's own (`use_remote_address`, as Istio's gateways set), and the gateway's
+/// authorization filters go first.
+pub(super) fn gateway_hcm(stat: &str, route_config: &str, authz: Vec<HttpFilter>) -> Filter {
+    let routes = RouteSpecifier::Rds(Rds {
+        config_source: Some(ads_source()),
+        route_config_name: route_config.into(),
+    });
+    let mut m = manager(stat, routes, authz);
+    m.use_remote_address = Some(BoolValue { value: true });
+    filter("envoy.filters.network.http_connection_manager", any(&m))
+}
+
 fn rds(port: u32) -> RouteSpecifier {
     RouteSpecifier::Rds(Rds {
         config_source: Some(ads_source()),
@@ -199,7 +212,7 @@ fn rds(port: u32) -> RouteSpecifier {
     })
 }
 
-fn listener(name: &str, host: &str, port: u32, bind: bool) -> Listener {
+pub(super) fn listener(name: &str, host: &str, port: u32, bind: bool) -> Listener {
     Listener {
         name: name.into(),
         address: Some(address(host, port)),
@@ -496,7 +509,7 @@ fn original_dst() -> ListenerFilter {
     }
 }
 
-fn tls_inspector() -> ListenerFilter {
+pub(super) fn tls_inspector() -> ListenerFilter {
     ListenerFilter {
         name: "envoy.filters.listener.tls_inspector".into(),
         config_type: Some(ListenerFilterConfig::TypedConfig(any(

@@ -2,6 +2,7 @@
 //! and one proxy in, that proxy's Envoy resources out (CDS, EDS, LDS, RDS), named as Istio names
 //! them so Istio users' tooling and habits carry over. Pure: no I/O, no clock.
 pub mod clusters;
+pub mod gateway;
 pub mod listeners;
 pub mod proxy;
 pub mod rbac;
@@ -128,12 +129,15 @@ pub struct ProxyResources {
     pub endpoints: Vec<ClusterLoadAssignment>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
+    /// Gateways' `credentialName` certificates.
+    pub secrets: Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>,
 }
 
 /// What a proxy's resources depend on besides the configuration: proxies of one class get
 /// identical resources, so translation and encoding happen once per class and snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProxyClass {
+    pub kind: proxy::ProxyType,
     pub namespace: String,
     /// The Sidecar that applies (its address within the snapshot), if any.
     sidecar: Option<usize>,
@@ -141,13 +145,23 @@ pub struct ProxyClass {
     pub inbound: Vec<listeners::InboundPort>,
     /// The AuthorizationPolicies that apply (their addresses within the snapshot).
     authz: Vec<usize>,
+    /// For a gateway, the Gateways that select it (their addresses within the snapshot).
+    gateways: Vec<usize>,
 }
 
 /// The class of `proxy` in `config`.
 pub fn class_of(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyClass {
     let ctx = Ctx::new(config, proxy);
     let sidecar = ctx.sidecar;
+    let gateways = match proxy.kind {
+        proxy::ProxyType::Router => gateway::gateways_for(config, &proxy.labels)
+            .into_iter()
+            .map(|(o, _)| std::ptr::from_ref(o) as usize)
+            .collect(),
+        proxy::ProxyType::Sidecar => Vec::new(),
+    };
     ProxyClass {
+        kind: proxy.kind,
         namespace: proxy.namespace.clone(),
         sidecar: sidecar.map(|s| std::ptr::from_ref(s) as usize),
         interception: proxy.interception,
@@ -157,6 +171,7 @@ pub fn class_of(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyCla
             .iter()
             .map(|p| std::ptr::from_ref(p.policy) as usize)
             .collect(),
+        gateways,
     }
 }
 
@@ -223,6 +238,9 @@ pub fn generate(config: &Config, proxy: &Proxy) -> ProxyResources {
 /// Translates with a registry built once per snapshot and shared by every proxy.
 pub fn generate_with(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyResources {
     let ctx = Ctx::new(config, proxy);
+    if proxy.kind == proxy::ProxyType::Router {
+        return generate_gateway(&ctx, registry);
+    }
     let sidecar = ctx.sidecar;
     let services = registry.visible_to(proxy, sidecar);
     let vss = mesh_virtual_services(config, &proxy.namespace);
@@ -239,5 +257,21 @@ pub fn generate_with(config: &Config, registry: &Registry, proxy: &Proxy) -> Pro
         endpoints: built.endpoints,
         listeners,
         routes,
+        secrets: Vec::new(),
+    }
+}
+
+/// A gateway's resources: every service it sees as outbound clusters, and its Gateways'
+/// servers as listeners, routes and certificates.
+fn generate_gateway(ctx: &Ctx<'_>, registry: &Registry) -> ProxyResources {
+    let services = registry.visible_to(ctx.proxy, None);
+    let clusters = clusters::build(ctx, &services);
+    let built = gateway::build(ctx, registry);
+    ProxyResources {
+        clusters: clusters.clusters,
+        endpoints: clusters.endpoints,
+        listeners: built.listeners,
+        routes: built.routes,
+        secrets: built.secrets,
     }
 }

@@ -82,7 +82,7 @@ pub fn outbound(
 /// A route to a destination whose DestinationRule asks for consistent hashing hashes on what
 /// it names (header, cookie, source IP or query parameter), taken, as in Istio, from the
 /// route's first destination.
-fn set_hash_policy(ctx: &Ctx<'_>, registry: &Registry, route: &mut Route) {
+pub fn set_hash_policy(ctx: &Ctx<'_>, registry: &Registry, route: &mut Route) {
     use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
     use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
         ConnectionProperties, Cookie, CookieAttribute, Header, PolicySpecifier, QueryParameter,
@@ -235,13 +235,28 @@ fn service_routes(
     let Some((_, object, vs)) = vs else {
         return vec![default_route(outbound_name(port, "", &s.hostname))];
     };
+    // A match naming gateways applies to sidecars only when it names `mesh` too.
+    vs_routes(registry, object, vs, port, |m| {
+        m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh")
+    })
+}
+
+/// The routes of VirtualService `vs` on `port`, keeping the matches `applies` accepts (an HTTP
+/// route whose matches all fall away is skipped).
+pub fn vs_routes(
+    registry: &Registry,
+    object: &mesh::Object,
+    vs: &mesh::networking::VirtualService,
+    port: u32,
+    applies: impl Fn(&HttpMatchRequest) -> bool,
+) -> Vec<Route> {
     let ns = object.metadata.namespace();
     let mut routes = Vec::new();
     for (i, http) in vs.http.iter().enumerate() {
         let matches: Vec<&HttpMatchRequest> = http
             .matches
             .iter()
-            .filter(|m| m.port.is_none_or(|p| p == port))
+            .filter(|m| m.port.is_none_or(|p| p == port) && applies(m))
             .collect();
         if !http.matches.is_empty() && matches.is_empty() {
             continue;

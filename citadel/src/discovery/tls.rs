@@ -180,6 +180,79 @@ pub fn downstream_mtls() -> TransportSocket {
     }
 }
 
+/// Where a gateway server's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerCertificate {
+    /// An SDS secret served by the discovery server on the same ADS stream
+    /// (`kubernetes://NAME`, from a Secret in the store).
+    Ads(String),
+    /// Files on the gateway's host (`serverCertificate`, `privateKey`).
+    Files { chain: String, key: String },
+}
+
+/// TLS termination at a gateway server (`tls.mode: SIMPLE`): its certificate, ALPN for HTTP/2
+/// and HTTP/1.1, and the protocol versions and ciphers the server names; no client certificate.
+pub fn downstream_simple(
+    cert: &ServerCertificate,
+    settings: &mesh::networking::ServerTlsSettings,
+) -> TransportSocket {
+    use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        SdsSecretConfig, TlsCertificate, TlsParameters,
+    };
+    let file = |path: &str| {
+        Some(DataSource {
+            specifier: Some(Specifier::Filename(path.into())),
+            ..Default::default()
+        })
+    };
+    let mut common = CommonTlsContext {
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        tls_params: Some(TlsParameters {
+            tls_minimum_protocol_version: tls_version(settings.min_protocol_version),
+            tls_maximum_protocol_version: tls_version(settings.max_protocol_version),
+            cipher_suites: settings.cipher_suites.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    match cert {
+        ServerCertificate::Ads(name) => {
+            common.tls_certificate_sds_secret_configs = vec![SdsSecretConfig {
+                name: name.clone(),
+                sds_config: Some(super::ads_source()),
+            }]
+        }
+        ServerCertificate::Files { chain, key } => {
+            common.tls_certificates = vec![TlsCertificate {
+                certificate_chain: file(chain),
+                private_key: file(key),
+                ..Default::default()
+            }]
+        }
+    }
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(common),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&ctx))),
+    }
+}
+
+fn tls_version(v: Option<mesh::networking::TlsProtocol>) -> i32 {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol as Envoy;
+    use mesh::networking::TlsProtocol;
+    (match v {
+        None | Some(TlsProtocol::Auto) => Envoy::TlsAuto,
+        Some(TlsProtocol::V1_0) => Envoy::TlSv10,
+        Some(TlsProtocol::V1_1) => Envoy::TlSv11,
+        Some(TlsProtocol::V1_2) => Envoy::TlSv12,
+        Some(TlsProtocol::V1_3) => Envoy::TlSv13,
+    }) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use mesh::networking::{ClientTlsMode, ClientTlsSettings};

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 pub mod destination_rule;
+pub mod gateway;
 pub mod service_entry;
 pub mod sidecar;
 pub mod virtual_service;
 
 pub use destination_rule::*;
+pub use gateway::*;
 pub use service_entry::*;
 pub use sidecar::*;
 pub use virtual_service::*;

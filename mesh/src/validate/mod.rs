@@ -4,6 +4,7 @@
 mod authorization_policy;
 mod common;
 mod destination_rule;
+mod gateway;
 mod peer_authentication;
 mod service_entry;
 mod sidecar;
@@ -31,6 +32,9 @@ pub fn object(object: &Object) -> Vec<Problem> {
         Spec::Sidecar(sc) => sidecar::validate(&mut report, &spec, sc),
         Spec::PeerAuthentication(pa) => peer_authentication::validate(&mut report, &spec, pa),
         Spec::AuthorizationPolicy(ap) => authorization_policy::validate(&mut report, &spec, ap),
+        Spec::Gateway(gw) => gateway::validate(&mut report, &spec, gw),
+        // A Secret's payload is top-level.
+        Spec::Secret(secret) => gateway::secret(&mut report, &Path::root(), secret),
     }
     report.problems
 }
