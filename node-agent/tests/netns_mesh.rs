@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -246,7 +246,7 @@ impl World {
                 "--base-id",
                 &(std::process::id() % 10_000 + uid).to_string(),
             ])
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(self.dir.join(format!("{workload}-envoy.out"))).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("starting Envoy");
@@ -275,6 +275,23 @@ impl World {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// What the plaintext inbound chains of the pod's Envoy logged: (chain, source address),
+    /// each pair once.
+    fn plaintext_sources(&self, pod: &str) -> std::collections::BTreeSet<(String, String)> {
+        let out =
+            std::fs::read_to_string(self.dir.join(format!("{pod}-envoy.out"))).unwrap_or_default();
+        out.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(citadel::discovery::listeners::PLAINTEXT_LOG_PREFIX)?;
+                let (chain, source) = rest.trim().split_once(' ')?;
+                Some((
+                    chain.strip_prefix("chain=")?.to_string(),
+                    source.strip_prefix("source=")?.to_string(),
+                ))
+            })
+            .collect()
     }
 
     /// A counter or gauge of the pod's Envoy (0 when Envoy has not created it).
@@ -681,6 +698,17 @@ async fn peer_authentication_modes_on_captured_traffic() {
     };
     assert!(stat("permissive_mtls") >= 20, "{}", stat("permissive_mtls"));
     assert_eq!(stat("permissive_plaintext"), 5);
+    // Who sent plaintext, by address: the plaintext chain's access log names legacy only.
+    let plaintext = world.plaintext_sources("httpbin");
+    assert_eq!(
+        plaintext,
+        [(
+            "inbound_9080_permissive_plaintext".to_string(),
+            "198.18.3.12".to_string()
+        )]
+        .into(),
+        "{plaintext:?}"
+    );
 
     // Namespace STRICT during sleep's traffic: legacy is refused, sleep fails nothing.
     let traffic = std::thread::spawn({
@@ -746,8 +774,9 @@ async fn peer_authentication_modes_on_captured_traffic() {
 
 /// Istio's other traffic tasks from a captured client: fault abort, request timeout, retries,
 /// circuit breaking, outlier ejection, and REGISTRY_ONLY against a MESH_EXTERNAL
-/// ServiceEntry, then ALLOW_ANY set live, which lets the unknown host through the
-/// original-destination passthrough.
+/// ServiceEntry (STATIC), egress TLS origination to a DNS-resolved external HTTPS server (the
+/// task's ServiceEntry with `targetPort: 443` and SIMPLE DestinationRule), then ALLOW_ANY set
+/// live, which lets the unknown host through the original-destination passthrough.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_traffic_tasks_under_iptables_capture() {
     let ip = |last: u8| Ipv4Addr::new(198, 18, 2, last);
@@ -792,6 +821,44 @@ spec:
 ",
         ip(50)
     );
+    // Istio's egress TLS origination task: plain HTTP from the application, TLS from the
+    // sidecar to the external server's 443, found by DNS (the pod's hosts file).
+    let certs = tempfile::tempdir().unwrap();
+    let (root, cert, key) = server_certificate(certs.path(), "api.secure.test");
+    c += &format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api-secure-test}}
+spec:
+  hosts: [api.secure.test]
+  ports:
+  - {{number: 80, name: http-port, protocol: HTTP, targetPort: 443}}
+  - {{number: 443, name: https-port, protocol: HTTPS}}
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api-secure-test}}
+spec:
+  host: api.secure.test
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 80}}
+      tls: {{mode: SIMPLE, caCertificates: {}}}
+---
+",
+        root.display()
+    );
+    // PodSpec holds 'static flags; the paths live as long as the test process.
+    let secure_app: &'static [&'static str] = Vec::leak(vec![
+        "--https",
+        "443",
+        "--cert",
+        String::leak(cert.display().to_string()),
+        "--key",
+        String::leak(key.display().to_string()),
+    ]);
     c += ISTIO_TASKS;
     let mut hosts: Vec<(Ipv4Addr, String)> = backends
         .iter()
@@ -805,6 +872,7 @@ spec:
         .collect();
     hosts.push((ip(50), "api.external.test".into()));
     hosts.push((ip(51), "unknown.example.test".into()));
+    hosts.push((ip(52), "api.secure.test".into()));
     let hosts: Vec<(Ipv4Addr, &str)> = hosts.iter().map(|(a, n)| (*a, n.as_str())).collect();
     let world = World::start(
         "tk",
@@ -845,6 +913,7 @@ spec:
             pod("pool-healthy", ip(46), Some(&["--http", "80"]), None),
             pod("external", ip(50), Some(&["--http", "80"]), None),
             pod("unknown", ip(51), Some(&["--http", "80"]), None),
+            pod("secure", ip(52), Some(secure_app), None),
         ],
         &hosts,
     )
@@ -883,6 +952,9 @@ spec:
     assert_eq!(calls.status(502), 3, "{calls:?}\n{}", world.envoy_logs());
     let calls = call(page, "http://api.external.test/", 3, &[]);
     assert_eq!(calls.of("external"), 3, "{calls:?}");
+    // TLS origination: the application speaks HTTP, the server only TLS (resolved by DNS).
+    let calls = call(page, "http://api.secure.test/", 5, &[]);
+    assert_eq!(calls.of("secure"), 5, "{calls:?}\n{}", world.envoy_logs());
     // ALLOW_ANY, set live: the unknown host goes through to its original destination.
     world.write("mesh.yaml", "outboundTrafficPolicy: {mode: ALLOW_ANY}\n");
     eventually(Duration::from_secs(10), "ALLOW_ANY in force", async || {
@@ -1254,12 +1326,11 @@ const fn gateway_pod(
     }
 }
 
-/// The certificate of Istio's secure-ingress task, made with the page's `openssl` commands
-/// (plus a DNS SAN, which clients check), and the Secret `kubectl create -n istio-system
-/// secret tls httpbin-credential` makes of it, as `kubectl get -o yaml` prints it. Returns the
-/// root's path and the Secret.
-fn httpbin_credential(dir: &Path) -> (PathBuf, String) {
-    use base64::Engine as _;
+/// A server certificate for `host` made with the `openssl` commands of Istio's secure-ingress
+/// task (plus a DNS SAN, which clients check): returns (root, certificate, key) in `dir`,
+/// readable by every sidecar uid.
+fn server_certificate(dir: &Path, host: &str) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")
             .current_dir(dir)
@@ -1270,39 +1341,23 @@ fn httpbin_credential(dir: &Path) -> (PathBuf, String) {
     };
     let subj = "/O=example Inc./CN=example.com";
     openssl(&[
-        "req",
-        "-x509",
-        "-sha256",
-        "-nodes",
-        "-days",
-        "365",
-        "-newkey",
-        "rsa:2048",
-        "-subj",
-        subj,
-        "-keyout",
-        "example.com.key",
-        "-out",
-        "example.com.crt",
+        "req", "-x509", "-sha256", "-nodes", "-days", "365", "-newkey", "rsa:2048", "-subj", subj,
+        "-keyout", "root.key", "-out", "root.crt",
     ]);
-    let subj = "/CN=httpbin.example.com/O=httpbin organization";
+    let subj = format!("/CN={host}/O=test organization");
     openssl(&[
         "req",
         "-out",
-        "httpbin.example.com.csr",
+        "server.csr",
         "-newkey",
         "rsa:2048",
         "-nodes",
         "-keyout",
-        "httpbin.example.com.key",
+        "server.key",
         "-subj",
-        subj,
+        &subj,
     ]);
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=DNS:httpbin.example.com\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{host}\n")).unwrap();
     openssl(&[
         "x509",
         "-req",
@@ -1310,20 +1365,33 @@ fn httpbin_credential(dir: &Path) -> (PathBuf, String) {
         "-days",
         "365",
         "-CA",
-        "example.com.crt",
+        "root.crt",
         "-CAkey",
-        "example.com.key",
+        "root.key",
         "-set_serial",
         "0",
         "-in",
-        "httpbin.example.com.csr",
+        "server.csr",
         "-out",
-        "httpbin.example.com.crt",
+        "server.crt",
         "-extfile",
         "san.ext",
     ]);
-    let b64 = |file: &str| {
-        base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join(file)).unwrap())
+    (
+        dir.join("root.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
+}
+
+/// The secure-ingress task's certificate for `httpbin.example.com`, and the Secret
+/// `kubectl create -n istio-system secret tls httpbin-credential` makes of it, as
+/// `kubectl get -o yaml` prints it. Returns the root's path and the Secret.
+fn httpbin_credential(dir: &Path) -> (PathBuf, String) {
+    use base64::Engine as _;
+    let (root, cert, key) = server_certificate(dir, "httpbin.example.com");
+    let b64 = |file: &Path| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(file).unwrap())
     };
     let secret = format!(
         "apiVersion: v1
@@ -1334,10 +1402,10 @@ data:
   tls.crt: {}
   tls.key: {}
 ",
-        b64("httpbin.example.com.crt"),
-        b64("httpbin.example.com.key")
+        b64(&cert),
+        b64(&key)
     );
-    (dir.join("example.com.crt"), secret)
+    (root, secret)
 }
 
 /// Istio's ingress tasks on a gateway Envoy started from `citadel sidecar bootstrap --router`:
@@ -1477,18 +1545,34 @@ spec:
         "gateway.yaml",
         &istio_policy("gateway-secure-ingress-httpbin.yaml"),
     );
-    let https = |n: usize| {
+    let https = |n: usize, root: &Path| {
         let mut cmd = client(outside, "https://httpbin.example.com/status/200", n, 4, &[]);
-        cmd.arg("--cacert").arg(&root);
+        cmd.arg("--cacert").arg(root);
         run_client(cmd)
     };
     eventually(Duration::from_secs(30), "the HTTPS server", async || {
-        (https(1).of("httpbin") == 1).then_some(())
+        (https(1, &root).of("httpbin") == 1).then_some(())
     })
     .await;
-    let calls = https(20);
+    let calls = https(20, &root);
     assert_eq!(calls.of("httpbin"), 20, "{calls:?}\n{}", world.envoy_logs());
     assert_eq!(calls.peers.get(&gateway_id), Some(&20), "{calls:?}");
+    // A new certificate in the Secret (from another root) is served with no restart.
+    let renewed = tempfile::tempdir().unwrap();
+    let (new_root, new_secret) = httpbin_credential(renewed.path());
+    world.write("credential.yaml", &new_secret);
+    eventually(
+        Duration::from_secs(30),
+        "the renewed certificate",
+        async || (https(1, &new_root).of("httpbin") == 1).then_some(()),
+    )
+    .await;
+    let calls = https(3, &root);
+    assert_eq!(
+        calls.errors.values().sum::<usize>(),
+        3,
+        "the old root no longer verifies: {calls:?}"
+    );
     // The HTTP server is gone with the Gateway that had it.
     let calls = call(outside, via_gateway, 2, &[]);
     assert_eq!(calls.errors.values().sum::<usize>(), 2, "{calls:?}");

@@ -7,10 +7,12 @@ HTTP paths change the answer, as Istio's httpbin does for its tasks:
   anything else 200 (or --status, for a workload that always fails; --flaky answers every
   other request with 503)
 Each HTTP answer carries `x-peer-identity`: the caller's SPIFFE ID from the sidecar's
-x-forwarded-client-cert (empty without one). Prints "ready" once every port listens.
+x-forwarded-client-cert (empty without one). `--https PORT --cert F --key F` serves the same
+over TLS (an external HTTPS service). Prints "ready" once every port listens.
 """
 import argparse
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -34,6 +36,9 @@ def main():
     p.add_argument("--status", type=int, default=200)
     p.add_argument("--delay-ms", type=int, default=0)
     p.add_argument("--flaky", action="store_true")
+    p.add_argument("--https", type=int)
+    p.add_argument("--cert")
+    p.add_argument("--key")
     args = p.parse_args()
     served = [0]
     lock = threading.Lock()
@@ -90,6 +95,12 @@ def main():
     if args.http:
         ThreadingHTTPServer.daemon_threads = True
         servers.append(ThreadingHTTPServer(("0.0.0.0", args.http), Http))
+    if args.https:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.cert, args.key)
+        https = ThreadingHTTPServer(("0.0.0.0", args.https), Http)
+        https.socket = tls.wrap_socket(https.socket, server_side=True)
+        servers.append(https)
     for port in args.tcp:
         servers.append(TcpServer(("0.0.0.0", port), Echo))
     for s in servers:

@@ -202,7 +202,12 @@ fn outbound(
             if endpoints.is_empty() {
                 cla.endpoints = vec![locality_endpoints(
                     "",
-                    vec![lb_endpoint(&service.hostname, port.number, 1)],
+                    // Istio: without endpoints, the host itself at the port's targetPort.
+                    vec![lb_endpoint(
+                        &service.hostname,
+                        port.target_port.unwrap_or(port.number),
+                        1,
+                    )],
                 )];
             }
             cluster.load_assignment = Some(cla);

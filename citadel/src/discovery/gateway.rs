@@ -156,15 +156,23 @@ pub fn build(ctx: &Ctx<'_>, registry: &Registry) -> Built {
                 ..Default::default()
             });
         }
+        // Envoy refuses a listener where two chains match the same SNI: a name goes to the
+        // first server that claims it (Istio merges such servers the same way).
+        let mut claimed: HashSet<String> = HashSet::new();
         for s in servers.iter().filter(|s| s.https()) {
+            let mut names: Vec<String> = Vec::new();
+            for (_, h) in s.server.namespaced_hosts() {
+                if claimed.insert(h.to_string()) {
+                    names.push(h.to_string());
+                }
+            }
+            if names.is_empty() {
+                tracing::warn!(gateway = %s.gateway_ref(), port, "every host of this HTTPS server is served by an earlier server on the port; it is left out");
+                continue;
+            }
             let Some(cert) = certificate(ctx, s, &mut out.secrets, &mut secrets_done) else {
                 continue;
             };
-            let names: Vec<String> = s
-                .server
-                .namespaced_hosts()
-                .map(|(_, h)| h.to_string())
-                .collect();
             let name = s.route_name();
             out.routes
                 .push(route_config(ctx, registry, &name, port, &[s]));
@@ -394,6 +402,9 @@ spec:
   - port: {number: 443, name: https-b, protocol: HTTPS}
     hosts: [b.example.com]
     tls: {mode: SIMPLE, credentialName: missing}
+  - port: {number: 443, name: https-again, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: SIMPLE, credentialName: a-cert}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -457,7 +468,8 @@ stringData: {tls.crt: \"-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE--
                 vec!["outbound|8080||web.app.svc.cluster.local".to_string()]
             )]
         );
-        // 443: the server whose Secret exists, chosen by SNI; the other is left out.
+        // 443: the server whose Secret exists, chosen by SNI; the one without its Secret and
+        // the one repeating an SNI already served are left out.
         let tls = &r.listeners[1];
         assert_eq!(tls.filter_chains.len(), 1);
         let chain = &tls.filter_chains[0];

@@ -4,6 +4,7 @@
 //! ports routed by SNI (VirtualService `tls` routes, then each host), and inbound filter chains
 //! per port of the proxy's own workload (mTLS or plaintext, told apart by `tls_inspector`). Sidecar
 //! listeners with `captureMode: NONE` bind their address themselves (no iptables).
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
@@ -125,6 +126,46 @@ fn filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Filter 
 }
 
 fn tcp_proxy(stat: &str, clusters: &[(String, u32)]) -> Filter {
+    filter(
+        "envoy.filters.network.tcp_proxy",
+        any(&tcp_proxy_config(stat, clusters)),
+    )
+}
+
+/// The line a plaintext inbound chain writes to Envoy's stdout for each connection (TCP) or
+/// request (HTTP): which chain and the downstream's address, the "who still sends plaintext"
+/// that counters cannot say. Parsed by [`PLAINTEXT_LOG_PREFIX`].
+fn plaintext_log(stat: &str) -> AccessLog {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as LogConfig;
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+    use envoy_types::pb::envoy::config::core::v3::{
+        DataSource, SubstitutionFormatString, data_source::Specifier,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stdout_access_log::AccessLogFormat;
+    let line = format!(
+        "{PLAINTEXT_LOG_PREFIX} chain={stat} source=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\n"
+    );
+    let stdout = StdoutAccessLog {
+        access_log_format: Some(AccessLogFormat::LogFormat(SubstitutionFormatString {
+            format: Some(Format::TextFormatSource(DataSource {
+                specifier: Some(Specifier::InlineString(line)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })),
+    };
+    AccessLog {
+        name: "envoy.access_loggers.stdout".into(),
+        config_type: Some(LogConfig::TypedConfig(any(&stdout))),
+        ..Default::default()
+    }
+}
+
+/// How a plaintext inbound chain's access log lines start.
+pub const PLAINTEXT_LOG_PREFIX: &str = "citadel-inbound-plaintext";
+
+fn tcp_proxy_config(stat: &str, clusters: &[(String, u32)]) -> TcpProxy {
     let spec = match clusters {
         [(only, _)] => TcpCluster::Cluster(only.clone()),
         many => TcpCluster::WeightedClusters(WeightedCluster {
@@ -138,14 +179,11 @@ fn tcp_proxy(stat: &str, clusters: &[(String, u32)]) -> Filter {
                 .collect(),
         }),
     };
-    filter(
-        "envoy.filters.network.tcp_proxy",
-        any(&TcpProxy {
-            stat_prefix: stat.into(),
-            cluster_specifier: Some(spec),
-            ..Default::default()
-        }),
-    )
+    TcpProxy {
+        stat_prefix: stat.into(),
+        cluster_specifier: Some(spec),
+        ..Default::default()
+    }
 }
 
 fn http_filters() -> Vec<HttpFilter> {
@@ -179,8 +217,19 @@ fn manager(stat: &str, routes: RouteSpecifier, authz: Vec<HttpFilter>) -> HttpCo
 /// An HTTP connection manager; `inbound` carries the port's authorization filters, which go
 /// first (an outbound one has none).
 fn hcm(stat: &str, routes: RouteSpecifier, inbound: Option<Vec<HttpFilter>>) -> Filter {
+    inbound_hcm(stat, routes, inbound, None)
+}
+
+/// [`hcm`], with an access log.
+fn inbound_hcm(
+    stat: &str,
+    routes: RouteSpecifier,
+    inbound: Option<Vec<HttpFilter>>,
+    log: Option<AccessLog>,
+) -> Filter {
     let is_inbound = inbound.is_some();
     let mut m = manager(stat, routes, inbound.unwrap_or_default());
+    m.access_log = log.into_iter().collect();
     if is_inbound {
         // The application sees who called (Istio's X-Forwarded-Client-Cert).
         m.forward_client_cert_details = ForwardClientCertDetails::AppendForward as i32;
@@ -557,10 +606,20 @@ fn inbound_chains(ctx: &Ctx<'_>, p: &InboundPort) -> Vec<FilterChain> {
                 ..Default::default()
             };
             let authz = rbac::http_filters(&ctx.authz, trust_domain);
-            vec![hcm(&stat, RouteSpecifier::RouteConfig(routes), Some(authz))]
+            let log = (!tls).then(|| plaintext_log(&stat));
+            vec![inbound_hcm(
+                &stat,
+                RouteSpecifier::RouteConfig(routes),
+                Some(authz),
+                log,
+            )]
         } else {
             let mut filters = rbac::network_filters(&ctx.authz, trust_domain, &stat);
-            filters.push(tcp_proxy(&stat, &[(cluster.clone(), 1)]));
+            let mut proxy = tcp_proxy_config(&stat, &[(cluster.clone(), 1)]);
+            if !tls {
+                proxy.access_log = vec![plaintext_log(&stat)];
+            }
+            filters.push(filter("envoy.filters.network.tcp_proxy", any(&proxy)));
             filters
         }
     };
