@@ -34,18 +34,7 @@ fn istio_samples_load_unchanged() {
             // Refusals among them are authorization_policy.rs's subject.
             continue;
         }
-        if name == "tcp-echo-all-v1.yaml" {
-            // The sample also declares a TCP ingress Gateway server, which citadel's gateway
-            // does not serve yet.
-            assert!(
-                !errors.is_empty()
-                    && errors.iter().all(|e| e.contains("Gateway")
-                        && e.contains("TCP servers are not supported by citadel's gateway yet")),
-                "{name}: {errors:?}"
-            );
-        } else {
-            assert!(errors.is_empty(), "{name}: {errors:?}");
-        }
+        assert!(errors.is_empty(), "{name}: {errors:?}");
         assert!(!objects.is_empty(), "{name}");
         loaded += objects.len();
     }

@@ -1415,7 +1415,8 @@ data:
 /// The gateway goes into the mesh over mTLS with its own SVID, and httpbin's policy allows
 /// that principal only: a sidecar'd client in the mesh and the outside client calling httpbin
 /// directly are refused. A DENY on the gateway by client address refuses a second outside
-/// client there.
+/// client there. The tcp-echo sample's TCP Gateway server routes connections by its
+/// VirtualService's `tcp` route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_gateway_into_the_mesh() {
     const GATEWAY_SA: &str = "istio-ingressgateway-service-account";
@@ -1439,6 +1440,18 @@ spec:
     );
     services += &workload("httpbin", &ip(11).to_string(), "app: httpbin", "httpbin");
     services += &workload("sleep", &ip(10).to_string(), "app: sleep", "sleep");
+    services += &service_entry(
+        "tcp-echo",
+        "198.19.5.2",
+        "{number: 9000, name: tcp, protocol: TCP}",
+        "workloadSelector: {labels: {app: tcp-echo}}",
+    );
+    services += &workload(
+        "tcp-echo-v1",
+        &ip(12).to_string(),
+        "app: tcp-echo, version: v1",
+        "tcp-echo",
+    );
     services += &workload_in(
         "istio-system",
         "istio-ingressgateway",
@@ -1478,6 +1491,7 @@ spec:
             ("policies.yaml", policies),
             ("credential.yaml", secret),
             ("gateway.yaml", istio_policy("gateway-ingress-httpbin.yaml")),
+            ("tcp-echo.yaml", istio_policy("tcp-echo-all-v1.yaml")),
         ],
         &[
             gateway_pod(
@@ -1493,6 +1507,12 @@ spec:
                 Some((20511, "httpbin")),
             ),
             pod("sleep", ip(10), None, Some((20512, "sleep"))),
+            pod(
+                "tcp-echo-v1",
+                ip(12),
+                Some(&["--tcp", "9000"]),
+                Some((20513, "tcp-echo")),
+            ),
             pod("outside", ip(40), None, None),
             pod("blocked", ip(41), None, None),
         ],
@@ -1539,6 +1559,11 @@ spec:
         ),
         5
     );
+
+    // Istio's TCP traffic-shifting task through the gateway: its Gateway (TCP 31400),
+    // DestinationRule and VirtualService unchanged, all to tcp-echo v1.
+    let calls = call(outside, "tcp://198.18.5.30:31400", 10, &[]);
+    assert_eq!(calls.of("tcp-echo-v1 hello"), 10, "{calls:?}");
 
     // secure-ingress, set live: HTTPS on 443 with the Secret from the store.
     world.write(

@@ -1,6 +1,6 @@
 //! Gateways (`router~` proxies): the servers of the Gateways that select the proxy become
-//! listeners on their ports (HTTP, and HTTPS with `tls.mode: SIMPLE` chosen by SNI), routed by
-//! the VirtualServices that name the gateway in `gateways:`, into the mesh over mTLS with the
+//! listeners on their ports (HTTP, HTTPS with `tls.mode: SIMPLE` chosen by SNI, and TCP),
+//! routed by the VirtualServices that name the gateway in `gateways:`, into the mesh over mTLS with the
 //! gateway's own SVID. A `credentialName` is a Secret in the gateway's namespace, served on the
 //! same ADS stream as `kubernetes://NAME`, as istiod serves it.
 use std::collections::{BTreeMap, HashSet};
@@ -19,7 +19,7 @@ use mesh::networking::{Gateway, Server, ServerTlsMode, VirtualService};
 use mesh::{Config, Kind, Object, Spec};
 
 use super::Ctx;
-use super::listeners::{gateway_hcm, listener, tls_inspector};
+use super::listeners::{gateway_hcm, listener, tcp_proxy, tls_inspector, weighted_clusters};
 use super::rbac;
 use super::routes::{set_hash_policy, vs_routes};
 use super::services::{Registry, host_matches, resolve_host};
@@ -60,6 +60,14 @@ impl GatewayServer<'_> {
         )
     }
 
+    /// A TCP server: its connections go where the bound VirtualServices' `tcp` routes say.
+    fn tcp(&self) -> bool {
+        self.server
+            .port
+            .as_ref()
+            .is_some_and(|p| p.protocol.eq_ignore_ascii_case("TCP"))
+    }
+
     fn https(&self) -> bool {
         self.server
             .tls
@@ -91,11 +99,13 @@ impl GatewayServer<'_> {
                 .export_to
                 .iter()
                 .any(|e| e == "*" || e == gw_ns || (e == "." && vs_ns == gw_ns));
-        exported
-            && vs
-                .gateways
-                .iter()
-                .any(|g| *g == full || (*g == self.object.metadata.name && vs_ns == gw_ns))
+        exported && vs.gateways.iter().any(|g| self.names(vs_ns, g, &full))
+    }
+
+    /// Whether `g`, written in a VirtualService of `vs_ns`, names this server's gateway
+    /// (`full` is its `ns/name`).
+    fn names(&self, vs_ns: &str, g: &str, full: &str) -> bool {
+        g == full || (g == self.object.metadata.name && vs_ns == self.object.metadata.namespace())
     }
 
     /// The VirtualService hosts this server exposes: those its `namespace/host` entries match.
@@ -147,7 +157,11 @@ pub fn build(ctx: &Ctx<'_>, registry: &Registry) -> Built {
         let stat = format!("outbound_{bind}_{port}");
         let authz = || rbac::http_filters(&ctx.authz, &ctx.config.mesh.trust_domain);
         let mut l = listener(&format!("{bind}_{port}"), &bind, port, true);
-        let plain: Vec<&GatewayServer<'_>> = servers.iter().filter(|s| !s.https()).collect();
+        if let Some(chain) = tcp_chain(ctx, &servers, port, &stat) {
+            l.filter_chains.push(chain);
+        }
+        let plain: Vec<&GatewayServer<'_>> =
+            servers.iter().filter(|s| !s.https() && !s.tcp()).collect();
         if !plain.is_empty() {
             out.routes
                 .push(route_config(ctx, registry, "http", port, &plain));
@@ -194,6 +208,58 @@ pub fn build(ctx: &Ctx<'_>, registry: &Registry) -> Built {
         }
     }
     out
+}
+
+/// The chain of the port's TCP servers: the first `tcp` route of a VirtualService bound to one
+/// of them whose match (port, gateways) applies, as a `tcp_proxy` to its weighted
+/// destinations. No such route: no chain (Istio leaves the server without a listener too).
+fn tcp_chain(
+    ctx: &Ctx<'_>,
+    servers: &[GatewayServer<'_>],
+    port: u32,
+    stat: &str,
+) -> Option<FilterChain> {
+    let vss = ctx
+        .config
+        .of_kind(Kind::VirtualService)
+        .filter_map(|o| match &o.spec {
+            Spec::VirtualService(vs) => Some((o, vs.as_ref())),
+            _ => None,
+        });
+    for (object, vs) in vss {
+        let vs_ns = object.metadata.namespace();
+        for s in servers.iter().filter(|s| s.tcp() && s.bound(vs_ns, vs)) {
+            let exposed = vs
+                .hosts
+                .iter()
+                .any(|h| s.exposes(vs_ns, &resolve_host(h, vs_ns)));
+            if !exposed {
+                continue;
+            }
+            let gw = s.gateway_ref();
+            let applies = |m: &mesh::networking::L4MatchAttributes| {
+                m.port.is_none_or(|p| p == port)
+                    && (m.gateways.is_empty() || m.gateways.iter().any(|g| s.names(vs_ns, g, &gw)))
+            };
+            let Some(route) = vs
+                .tcp
+                .iter()
+                .find(|t| t.matches.is_empty() || t.matches.iter().any(&applies))
+            else {
+                continue;
+            };
+            let clusters = weighted_clusters(&route.route, vs_ns, port);
+            if clusters.is_empty() {
+                continue;
+            }
+            return Some(FilterChain {
+                name: format!("tcp.{port}"),
+                filters: vec![tcp_proxy(stat, &clusters)],
+                ..Default::default()
+            });
+        }
+    }
+    None
 }
 
 /// The certificate of HTTPS server `s`: its files, or its `credentialName` Secret in the
@@ -283,12 +349,8 @@ fn route_config(
         let vs_ns = object.metadata.namespace();
         for s in servers.iter().filter(|s| s.bound(vs_ns, vs)) {
             let gw = s.gateway_ref();
-            let gw_short = s.object.metadata.name.clone();
             let applies = |m: &mesh::networking::HttpMatchRequest| {
-                m.gateways.is_empty()
-                    || m.gateways.iter().any(|g| {
-                        *g == gw || (*g == gw_short && vs_ns == s.object.metadata.namespace())
-                    })
+                m.gateways.is_empty() || m.gateways.iter().any(|g| s.names(vs_ns, g, &gw))
             };
             for host in vs.hosts.iter().map(|h| resolve_host(h, vs_ns)) {
                 if !s.exposes(vs_ns, &host) || !seen.insert(host.clone()) {

@@ -125,7 +125,7 @@ fn filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Filter 
     }
 }
 
-fn tcp_proxy(stat: &str, clusters: &[(String, u32)]) -> Filter {
+pub(super) fn tcp_proxy(stat: &str, clusters: &[(String, u32)]) -> Filter {
     filter(
         "envoy.filters.network.tcp_proxy",
         any(&tcp_proxy_config(stat, clusters)),
@@ -407,7 +407,11 @@ fn tcp_clusters(s: &Service, port: u32, vss: &VirtualServices<'_>) -> Vec<(Strin
 
 /// A TCP or TLS route's destinations as weighted clusters. As for HTTP: with weights set, a
 /// 0-weight destination gets nothing; with none set (one destination), it takes everything.
-fn weighted_clusters(route: &[RouteDestination], ns: &str, port: u32) -> Vec<(String, u32)> {
+pub(super) fn weighted_clusters(
+    route: &[RouteDestination],
+    ns: &str,
+    port: u32,
+) -> Vec<(String, u32)> {
     let total: i32 = route.iter().map(|d| d.weight.max(0)).sum();
     route
         .iter()

@@ -56,11 +56,13 @@ fn server(report: &mut Report, path: &Path, s: &Server) {
     }
     let proto = sp.protocol.to_ascii_uppercase();
     let tls_protocol = matches!(proto.as_str(), "HTTPS" | "TLS");
-    if !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC" | "HTTPS") && !sp.protocol.is_empty() {
+    if !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC" | "HTTPS" | "TCP")
+        && !sp.protocol.is_empty()
+    {
         report.error(
             &pp.field("protocol"),
             format!(
-                "{} servers are not supported by citadel's gateway yet (use HTTP, HTTP2, GRPC or HTTPS)",
+                "{} servers are not supported by citadel's gateway yet (use HTTP, HTTP2, GRPC, HTTPS or TCP)",
                 sp.protocol
             ),
         );
