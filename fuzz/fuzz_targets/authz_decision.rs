@@ -1,7 +1,8 @@
 //! Arbitrary AuthorizationPolicy YAML and an arbitrary request: the reference decision must
-//! never panic and must keep Istio's order: a matching DENY denies; otherwise a matching ALLOW
-//! allows; dry runs and AUDIT policies change nothing about `allowed`; an extra allow-all ALLOW
-//! leaves exactly the DENY decisions.
+//! never panic and must keep Istio's order: a matching DENY denies; otherwise, with no ALLOW
+//! policy the request is allowed, and with some, exactly when one matched; dry runs and AUDIT
+//! policies change nothing about `allowed`; an extra allow-all ALLOW leaves exactly the DENY
+//! decisions.
 #![no_main]
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -66,10 +67,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let td = "cluster.local";
     let d = evaluate(&policies, td, &request);
+    let any_allow = policies
+        .iter()
+        .any(|p| !p.dry_run && p.policy.action == Action::Allow);
     if d.denied_by.is_some() {
         assert!(!d.allowed, "{d:?}");
-    } else if !d.allowed_by.is_empty() {
-        assert!(d.allowed, "{d:?}");
+    } else if !any_allow {
+        assert!(d.allowed, "no DENY matched and no ALLOW applies: {d:?}");
+    } else {
+        assert_eq!(d.allowed, !d.allowed_by.is_empty(), "one ALLOW must match: {d:?}");
     }
     let enforced: Vec<NamedPolicy<'_>> = policies.iter().filter(|p| !p.dry_run).cloned().collect();
     assert_eq!(evaluate(&enforced, td, &request), d, "dry runs decide nothing");

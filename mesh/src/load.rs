@@ -205,6 +205,11 @@ fn document_object(value: Value) -> DocumentResult {
             return Err((Some(describe), problems));
         }
     };
+    let mut meta = meta;
+    if kind == Kind::Secret {
+        // `kubectl apply` copies the whole manifest, data included, into an annotation.
+        meta.annotations.clear();
+    }
     let object = Object {
         api_version,
         metadata: meta,
@@ -241,10 +246,15 @@ fn typed_spec(kind: Kind, value: Value) -> Result<Spec, Problem> {
         Kind::DestinationRule => Spec::DestinationRule(Box::new(spec_of(value)?)),
         Kind::Sidecar => Spec::Sidecar(Box::new(spec_of(value)?)),
         Kind::Gateway => Spec::Gateway(Box::new(spec_of(value)?)),
-        Kind::Secret => Spec::Secret(Box::new(
-            serde_path_to_error::deserialize(value)
-                .map_err(|e| Problem::error(e.path().to_string(), e.into_inner().to_string()))?,
-        )),
+        // Serde's message may quote the value, here key material: the path alone.
+        Kind::Secret => Spec::Secret(Box::new(serde_path_to_error::deserialize(value).map_err(
+            |e| {
+                Problem::error(
+                    e.path().to_string(),
+                    "not a Secret's type, data or stringData (a string, or maps of strings)",
+                )
+            },
+        )?)),
         Kind::PeerAuthentication => Spec::PeerAuthentication(Box::new(spec_of(value)?)),
         Kind::AuthorizationPolicy => Spec::AuthorizationPolicy(Box::new(spec_of(value)?)),
     })

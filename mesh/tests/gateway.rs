@@ -50,7 +50,11 @@ const GW: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {
 
 #[test]
 fn istios_gateway_rules_are_enforced_by_field() {
-    let cases: [(&str, &str); 9] = [
+    let cases: [(&str, &str); 10] = [
+        (
+            "  servers: [{port: {number: 80, name: http}, hosts: [a.example.com]}]\n",
+            "spec.servers[0].port.protocol: port protocol must be set",
+        ),
         (
             "  servers: []\n",
             "spec.servers: gateway must have at least one server",
@@ -139,18 +143,40 @@ fn a_tls_secret_reads_as_kubectl_writes_it_and_never_prints_its_values() {
     };
     assert_eq!(secret.tls_credential().unwrap().private_key, b"k");
 
-    let bad = errors(&format!("{SECRET}data:\n  tls.crt: '%%%'\n"));
+    // A bad Secret is a warning: nothing may use it, and a gateway that does leaves its
+    // server out.
+    let (objects, problems) = load_str(&format!("{SECRET}data:\n  tls.crt: '%%%'\n"), None);
+    assert_eq!(objects.len(), 1, "{problems:?}");
+    let warnings: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     assert!(
-        bad.iter().any(
-            |e| e.contains("Secret istio-system/httpbin-credential: data[tls.crt]: not base64")
-        ),
-        "{bad:?}"
+        warnings.iter().any(|w| w.contains(
+            "Secret istio-system/httpbin-credential: warning: data[tls.crt]: not base64"
+        )),
+        "{warnings:?}"
     );
     assert!(
-        bad.iter()
-            .any(|e| e.contains("data[tls.key]: required for type kubernetes.io/tls")),
-        "{bad:?}"
+        warnings
+            .iter()
+            .any(|w| w.contains("data[tls.key]: required for type kubernetes.io/tls")),
+        "{warnings:?}"
     );
+    // Neither a malformed Secret's error nor `kubectl apply`'s copy of the manifest repeats
+    // what the Secret holds.
+    let malformed = errors(&format!("{SECRET}data: {}\n", b64(key)));
+    assert!(!malformed.is_empty());
+    assert!(
+        malformed.iter().all(|e| !e.contains(&b64(key))),
+        "{malformed:?}"
+    );
+    let applied = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: a\n  annotations:\n    kubectl.kubernetes.io/last-applied-configuration: '{{\"data\":{{\"tls.key\":\"{}\"}}}}'\ndata:\n  tls.key: {}\n",
+        b64(key),
+        b64(key)
+    );
+    let (objects, problems) = load_str(&applied, None);
+    assert!(problems.iter().all(|p| !p.is_error()), "{problems:?}");
+    let printed = format!("{objects:?}");
+    assert!(!printed.contains(&b64(key)), "{printed}");
     // Other Kubernetes kinds in the directory are still not citadel's to load.
     let (objects, problems) = load_str(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\n",

@@ -687,7 +687,8 @@ async fn peer_authentication_modes_on_captured_traffic() {
             .get("spiffe://cluster.local/ns/default/sa/sleep"),
         Some(&20)
     );
-    let calls = call(legacy, direct, 5, &[]);
+    // The log names the peer that connected, whatever X-Forwarded-For claims.
+    let calls = call(legacy, direct, 5, &["X-Forwarded-For: 198.19.9.9"]);
     assert_eq!(calls.of("httpbin"), 5, "{calls:?}");
     assert!(calls.anonymous(), "plaintext has no peer: {calls:?}");
     let stat = |name: &str| {
@@ -941,9 +942,11 @@ spec:
         "{calls:?}"
     );
     assert_eq!(calls.of("httpbin") + calls.overloaded, 16, "{calls:?}");
-    // Outlier detection: the endpoint answering 500 is ejected after its first failure.
+    // Outlier detection: the endpoint answering 500 is ejected after its first failure. The
+    // ejection reaches Envoy's two workers through its main thread, and each worker balances
+    // on its own, so each may reach the broken endpoint once before it hears.
     let calls = run_client(client(page, "http://pool/", 4, 1, &[]));
-    assert!(calls.status(500) <= 1, "{calls:?}");
+    assert!(calls.status(500) <= 2, "{calls:?}");
     let calls = run_client(client(page, "http://pool/", 30, 1, &[]));
     assert_eq!(calls.of("pool-healthy"), 30, "{calls:?}");
 
@@ -1235,6 +1238,9 @@ spec:
         counted(denied_by, &|| assert_eq!(get(bar, "/admin").status(403), 5)),
         5
     );
+    // Paths are normalized before the policy sees them (Istio's default): dot segments do not
+    // walk around the DENY.
+    assert_eq!(get(foo, "/public/../admin/users").status(403), 5);
 
     // The empty ALLOW denies everything; the `{}` rule, added next to it, allows everything.
     world.write("authz-deny.yaml", "");

@@ -21,6 +21,7 @@ pub use error::{CsrError, Error, VerifyError};
 pub use identity::{SpiffeId, TrustDomain};
 pub use issue::{CertificateAuthority, SigningCaParams, SvidParams};
 pub use key::{KeyAlgorithm, PrivateKey};
+pub use pem::certificate_matches_key;
 pub use random::{RandomSource, SystemRandom};
 pub use svid::{CertInfo, X509Svid};
 pub use time::{Clock, ManualClock, SystemClock};

@@ -21,6 +21,36 @@ pub fn parse_certificates(text: &str) -> Result<Vec<CertificateDer<'static>>, Er
         .collect()
 }
 
+/// Checks that PEM `key` is the private key of the first certificate of PEM `chain` (a TLS
+/// server's certificate and key as a Secret holds them): both parse, and the key's public half
+/// is the certificate's. Errors never include key material.
+pub fn certificate_matches_key(chain: &[u8], key: &[u8]) -> Result<(), Error> {
+    use x509_parser::prelude::{FromDer, SubjectPublicKeyInfo, X509Certificate};
+    let text = |bytes: &[u8], what: &str| {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| Error::Pem(format!("{what} is not PEM text")))
+    };
+    let certs = parse_certificates(&text(chain, "the certificate")?)?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Error::Pem("no certificate in the chain".into()))?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref())
+        .map_err(|e| Error::Pem(format!("the certificate does not parse: {e}")))?;
+    let key = crate::PrivateKey::from_pem(&text(key, "the private key")?).map_err(|_| {
+        Error::Key("the private key does not parse (PKCS#8, SEC1 or PKCS#1 PEM)".into())
+    })?;
+    let spki = key.public_key_der();
+    let (_, ours) = SubjectPublicKeyInfo::from_der(&spki)
+        .map_err(|e| Error::Key(format!("the private key's public half: {e}")))?;
+    if ours.subject_public_key.data != cert.public_key().subject_public_key.data {
+        return Err(Error::Key(
+            "the private key is not the certificate's (public keys differ)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Encodes certificates as concatenated PEM blocks.
 pub fn encode_certificates<'a, 'b: 'a>(
     certs: impl IntoIterator<Item = &'a CertificateDer<'b>>,
@@ -67,5 +97,36 @@ mod tests {
             let again = crate::PrivateKey::from_pem(&pem).unwrap();
             assert_eq!(again.public_key_der(), key.public_key_der());
         }
+    }
+
+    #[test]
+    fn a_certificate_matches_its_own_key_only() {
+        let td = crate::identity::parse_trust_domain("example.com").unwrap();
+        for alg in [crate::KeyAlgorithm::EcdsaP256, crate::KeyAlgorithm::Rsa2048] {
+            let key = crate::PrivateKey::generate(alg).unwrap();
+            let key_pem = key.to_pem();
+            let ca = crate::CertificateAuthority::self_signed_root(
+                td.clone(),
+                key,
+                &crate::SigningCaParams {
+                    common_name: "a.example.com".into(),
+                    organization: "test".into(),
+                    ttl: std::time::Duration::from_secs(60),
+                    path_len: None,
+                },
+                std::time::SystemTime::now(),
+                &crate::SystemRandom,
+            )
+            .unwrap();
+            let cert = encode_certificate(ca.certificate());
+            certificate_matches_key(cert.as_bytes(), key_pem.as_bytes()).unwrap();
+            let other = crate::PrivateKey::generate(alg).unwrap().to_pem();
+            let err = certificate_matches_key(cert.as_bytes(), other.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("not the certificate's"), "{err}");
+        }
+        let garbage = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n";
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let err = certificate_matches_key(cert.as_bytes(), garbage.as_bytes()).unwrap_err();
+        assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
     }
 }

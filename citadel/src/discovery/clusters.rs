@@ -199,7 +199,9 @@ fn outbound(
             };
             cluster.cluster_discovery_type = Some(ClusterDiscoveryType::Type(kind as i32));
             let mut cla = load_assignment(&name, port, &tagged);
-            if endpoints.is_empty() {
+            // The host itself only for a service without endpoints: a subset that selects
+            // none of a service's endpoints has none.
+            if service.endpoints.is_empty() {
                 cla.endpoints = vec![locality_endpoints(
                     "",
                     // Istio: without endpoints, the host itself at the port's targetPort.

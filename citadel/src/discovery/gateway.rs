@@ -1,9 +1,11 @@
 //! Gateways (`router~` proxies): the servers of the Gateways that select the proxy become
-//! listeners on their ports (HTTP, HTTPS with `tls.mode: SIMPLE` chosen by SNI, and TCP),
-//! routed by the VirtualServices that name the gateway in `gateways:`, into the mesh over mTLS with the
-//! gateway's own SVID. A `credentialName` is a Secret in the gateway's namespace, served on the
-//! same ADS stream as `kubernetes://NAME`, as istiod serves it.
-use std::collections::{BTreeMap, HashSet};
+//! listeners on their bind and port (HTTP, HTTPS with `tls.mode: SIMPLE` chosen by SNI, and
+//! TCP), routed by the VirtualServices that name the gateway in `gateways:` for the hosts both
+//! allow, into the mesh over mTLS with the gateway's own SVID. A `credentialName` is a Secret in
+//! the gateway workload's namespace, served on the same ADS stream as `kubernetes://NAME`, as
+//! istiod serves it, and only to a gateway whose WorkloadEntry has its service account and
+//! labels.
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
@@ -39,13 +41,18 @@ pub fn gateways_for<'a>(
             Spec::Gateway(g) => Some((o, g.as_ref())),
             _ => None,
         })
-        .filter(|(_, g)| g.selector.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        .filter(|(_, g)| selects(&g.selector, labels))
         .collect()
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// One server of a selected Gateway.
 struct GatewayServer<'a> {
     object: &'a Object,
+    gateway: &'a Gateway,
     server: &'a Server,
     port: u32,
 }
@@ -60,19 +67,34 @@ impl GatewayServer<'_> {
         )
     }
 
-    /// A TCP server: its connections go where the bound VirtualServices' `tcp` routes say.
-    fn tcp(&self) -> bool {
+    fn protocol(&self) -> String {
         self.server
             .port
             .as_ref()
-            .is_some_and(|p| p.protocol.eq_ignore_ascii_case("TCP"))
+            .map(|p| p.protocol.to_ascii_uppercase())
+            .unwrap_or_default()
     }
 
+    /// A TCP server: its connections go where the bound VirtualServices' `tcp` routes say.
+    fn tcp(&self) -> bool {
+        self.protocol() == "TCP"
+    }
+
+    /// An HTTPS server terminating TLS (validation allows SIMPLE only).
     fn https(&self) -> bool {
+        self.protocol() == "HTTPS"
+            && self
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.mode == Some(ServerTlsMode::Simple))
+    }
+
+    fn redirects(&self) -> bool {
         self.server
             .tls
             .as_ref()
-            .is_some_and(|t| t.mode == Some(ServerTlsMode::Simple))
+            .is_some_and(|t| t.https_redirect == Some(true))
     }
 
     /// Istio's route name: `http.PORT` for plain HTTP (shared by the port's servers),
@@ -90,57 +112,97 @@ impl GatewayServer<'_> {
         )
     }
 
-    /// Whether VirtualService `vs` (in `vs_ns`) binds to this server's gateway.
-    fn bound(&self, vs_ns: &str, vs: &VirtualService) -> bool {
-        let full = self.gateway_ref();
-        let gw_ns = self.object.metadata.namespace();
+    /// Whether `g`, as a VirtualService in `vs_ns` writes it, names this server's gateway:
+    /// `ns/name`, `name` (the VirtualService's namespace), or the old `name.ns[.svc...]`.
+    fn named_by(&self, vs_ns: &str, g: &str) -> bool {
+        let (name, ns) = (&self.object.metadata.name, self.object.metadata.namespace());
+        match g.split_once('/') {
+            Some((n, g)) => n == ns && g == name,
+            None => match g.split_once('.') {
+                Some((g, rest)) => g == name && rest.split('.').next() == Some(ns),
+                None => g == name && vs_ns == ns,
+            },
+        }
+    }
+
+    /// Whether VirtualService `vs` (in `vs_ns`) is visible to the proxy's namespace and binds
+    /// to this server's gateway.
+    fn bound(&self, proxy_ns: &str, vs_ns: &str, vs: &VirtualService) -> bool {
         let exported = vs.export_to.is_empty()
             || vs
                 .export_to
                 .iter()
-                .any(|e| e == "*" || e == gw_ns || (e == "." && vs_ns == gw_ns));
-        exported && vs.gateways.iter().any(|g| self.names(vs_ns, g, &full))
+                .any(|e| e == "*" || e == proxy_ns || (e == "." && vs_ns == proxy_ns));
+        exported && vs.gateways.iter().any(|g| self.named_by(vs_ns, g))
     }
 
-    /// Whether `g`, written in a VirtualService of `vs_ns`, names this server's gateway
-    /// (`full` is its `ns/name`).
-    fn names(&self, vs_ns: &str, g: &str, full: &str) -> bool {
-        g == full || (g == self.object.metadata.name && vs_ns == self.object.metadata.namespace())
-    }
-
-    /// The VirtualService hosts this server exposes: those its `namespace/host` entries match.
-    fn exposes(&self, vs_ns: &str, host: &str) -> bool {
+    /// The hosts of VirtualService host `vs_host` (in `vs_ns`) that this server exposes: for
+    /// each of its `namespace/host` entries the VirtualService's namespace may use, the
+    /// narrower of the two when one covers the other (Istio's intersection), lower-cased.
+    fn exposes(&self, vs_ns: &str, vs_host: &str) -> Vec<String> {
         let gw_ns = self.object.metadata.namespace();
-        self.server.namespaced_hosts().any(|(ns, h)| {
-            let ns_ok = ns == "*" || (ns == "." && vs_ns == gw_ns) || ns == vs_ns;
-            ns_ok && (host_matches(h, host) || host_matches(host, h))
-        })
+        let vs_host = vs_host.to_ascii_lowercase();
+        let mut out = Vec::new();
+        for (ns, h) in self.server.namespaced_hosts() {
+            if !(ns == "*" || (ns == "." && vs_ns == gw_ns) || ns == vs_ns) {
+                continue;
+            }
+            let h = h.to_ascii_lowercase();
+            let narrower = if host_matches(&h, &vs_host) {
+                vs_host.clone()
+            } else if host_matches(&vs_host, &h) {
+                h
+            } else {
+                continue;
+            };
+            if !out.contains(&narrower) {
+                out.push(narrower);
+            }
+        }
+        out
+    }
+
+    /// The server's own hosts, lower-cased.
+    fn hosts(&self) -> Vec<String> {
+        self.server
+            .namespaced_hosts()
+            .map(|(_, h)| h.to_ascii_lowercase())
+            .collect()
     }
 }
 
-/// The servers of the Gateways selecting the proxy, by port.
-fn servers<'a>(gateways: &[(&'a Object, &'a Gateway)]) -> BTreeMap<u32, Vec<GatewayServer<'a>>> {
-    let mut by_port: BTreeMap<u32, Vec<GatewayServer<'a>>> = BTreeMap::new();
-    for (object, g) in gateways {
-        for server in &g.servers {
+/// The servers of the Gateways selecting the proxy, by (bind address, port), as istiod keys
+/// gateway listeners.
+fn servers<'a>(
+    gateways: &[(&'a Object, &'a Gateway)],
+) -> BTreeMap<(String, u32), Vec<GatewayServer<'a>>> {
+    let mut by_listener: BTreeMap<(String, u32), Vec<GatewayServer<'a>>> = BTreeMap::new();
+    for (object, gateway) in gateways {
+        for server in &gateway.servers {
             let Some(port) = server.port.as_ref().map(|p| p.number) else {
                 continue;
             };
-            by_port.entry(port).or_default().push(GatewayServer {
-                object,
-                server,
-                port,
-            });
+            let bind = server.bind.clone().unwrap_or_else(|| "0.0.0.0".into());
+            by_listener
+                .entry((bind, port))
+                .or_default()
+                .push(GatewayServer {
+                    object,
+                    gateway,
+                    server,
+                    port,
+                });
         }
     }
-    by_port
+    by_listener
 }
 
 /// What a gateway gets besides its clusters.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Built {
     pub listeners: Vec<Listener>,
     pub routes: Vec<RouteConfiguration>,
+    /// Private keys inside: no `Debug`.
     pub secrets: Vec<Secret>,
 }
 
@@ -149,37 +211,57 @@ pub fn build(ctx: &Ctx<'_>, registry: &Registry) -> Built {
     let gateways = gateways_for(ctx.config, &ctx.proxy.labels);
     let mut out = Built::default();
     let mut secrets_done = HashSet::new();
-    for (port, servers) in servers(&gateways) {
-        let bind = servers
-            .iter()
-            .find_map(|s| s.server.bind.clone())
-            .unwrap_or_else(|| "0.0.0.0".into());
+    for ((bind, port), servers) in servers(&gateways) {
         let stat = format!("outbound_{bind}_{port}");
         let authz = || rbac::http_filters(&ctx.authz, &ctx.config.mesh.trust_domain);
         let mut l = listener(&format!("{bind}_{port}"), &bind, port, true);
-        if let Some(chain) = tcp_chain(ctx, &servers, port, &stat) {
-            l.filter_chains.push(chain);
-        }
         let plain: Vec<&GatewayServer<'_>> =
             servers.iter().filter(|s| !s.https() && !s.tcp()).collect();
+        let has_https = servers.iter().any(GatewayServer::https);
+        // Chains with the same match make Envoy refuse the listener: with TLS servers on the
+        // port, the others take only plaintext connections.
+        let transport = |tls: bool| {
+            has_https.then(|| FilterChainMatch {
+                transport_protocol: if tls { "tls" } else { "raw_buffer" }.into(),
+                ..Default::default()
+            })
+        };
+        if servers.iter().any(GatewayServer::tcp) {
+            if plain.is_empty() {
+                if let Some(mut chain) = tcp_chain(ctx, registry, &servers, port, &stat) {
+                    chain.filter_chain_match = transport(false);
+                    l.filter_chains.push(chain);
+                }
+            } else {
+                tracing::warn!(
+                    port,
+                    "a TCP and an HTTP server on one gateway port: the TCP server is left out"
+                );
+            }
+        }
         if !plain.is_empty() {
-            out.routes
-                .push(route_config(ctx, registry, "http", port, &plain));
+            out.routes.push(route_config(
+                ctx,
+                registry,
+                port,
+                &plain,
+                format!("http.{port}"),
+            ));
             l.filter_chains.push(FilterChain {
+                filter_chain_match: transport(false),
                 filters: vec![gateway_hcm(&stat, &format!("http.{port}"), authz())],
                 ..Default::default()
             });
         }
         // Envoy refuses a listener where two chains match the same SNI: a name goes to the
-        // first server that claims it (Istio merges such servers the same way).
+        // first server that can serve it (Istio merges such servers the same way).
         let mut claimed: HashSet<String> = HashSet::new();
         for s in servers.iter().filter(|s| s.https()) {
-            let mut names: Vec<String> = Vec::new();
-            for (_, h) in s.server.namespaced_hosts() {
-                if claimed.insert(h.to_string()) {
-                    names.push(h.to_string());
-                }
-            }
+            let names: Vec<String> = s
+                .hosts()
+                .into_iter()
+                .filter(|h| !claimed.contains(h))
+                .collect();
             if names.is_empty() {
                 tracing::warn!(gateway = %s.gateway_ref(), port, "every host of this HTTPS server is served by an earlier server on the port; it is left out");
                 continue;
@@ -187,16 +269,18 @@ pub fn build(ctx: &Ctx<'_>, registry: &Registry) -> Built {
             let Some(cert) = certificate(ctx, s, &mut out.secrets, &mut secrets_done) else {
                 continue;
             };
+            claimed.extend(names.iter().cloned());
             let name = s.route_name();
             out.routes
-                .push(route_config(ctx, registry, &name, port, &[s]));
+                .push(route_config(ctx, registry, port, &[s], name.clone()));
             let tls = s.server.tls.as_ref().expect("an HTTPS server has TLS");
+            let mut matching = transport(true).unwrap_or_default();
+            if !names.iter().any(|h| h == "*") {
+                matching.server_names = names;
+            }
             l.filter_chains.push(FilterChain {
                 name: name.clone(),
-                filter_chain_match: (!names.iter().any(|h| h == "*")).then(|| FilterChainMatch {
-                    server_names: names,
-                    ..Default::default()
-                }),
+                filter_chain_match: Some(matching),
                 transport_socket: Some(downstream_simple(&cert, tls)),
                 filters: vec![gateway_hcm(&stat, &name, authz())],
                 ..Default::default()
@@ -211,35 +295,33 @@ pub fn build(ctx: &Ctx<'_>, registry: &Registry) -> Built {
 }
 
 /// The chain of the port's TCP servers: the first `tcp` route of a VirtualService bound to one
-/// of them whose match (port, gateways) applies, as a `tcp_proxy` to its weighted
-/// destinations. No such route: no chain (Istio leaves the server without a listener too).
+/// of them whose match (port, gateways) applies, as the gateway's network authorization
+/// filters and a `tcp_proxy` to its weighted destinations (a destination without a port, on a
+/// service with one port, goes to that port). No such route: no chain (Istio leaves the server
+/// without a listener too).
 fn tcp_chain(
     ctx: &Ctx<'_>,
+    registry: &Registry,
     servers: &[GatewayServer<'_>],
     port: u32,
     stat: &str,
 ) -> Option<FilterChain> {
-    let vss = ctx
-        .config
-        .of_kind(Kind::VirtualService)
-        .filter_map(|o| match &o.spec {
-            Spec::VirtualService(vs) => Some((o, vs.as_ref())),
-            _ => None,
-        });
-    for (object, vs) in vss {
+    for (object, vs) in virtual_services(ctx.config) {
         let vs_ns = object.metadata.namespace();
-        for s in servers.iter().filter(|s| s.tcp() && s.bound(vs_ns, vs)) {
+        for s in servers
+            .iter()
+            .filter(|s| s.tcp() && s.bound(&ctx.proxy.namespace, vs_ns, vs))
+        {
             let exposed = vs
                 .hosts
                 .iter()
-                .any(|h| s.exposes(vs_ns, &resolve_host(h, vs_ns)));
+                .any(|h| !s.exposes(vs_ns, &resolve_host(h, vs_ns)).is_empty());
             if !exposed {
                 continue;
             }
-            let gw = s.gateway_ref();
             let applies = |m: &mesh::networking::L4MatchAttributes| {
                 m.port.is_none_or(|p| p == port)
-                    && (m.gateways.is_empty() || m.gateways.iter().any(|g| s.names(vs_ns, g, &gw)))
+                    && (m.gateways.is_empty() || m.gateways.iter().any(|g| s.named_by(vs_ns, g)))
             };
             let Some(route) = vs
                 .tcp
@@ -248,13 +330,27 @@ fn tcp_chain(
             else {
                 continue;
             };
-            let clusters = weighted_clusters(&route.route, vs_ns, port);
+            let mut destinations = route.route.clone();
+            for d in &mut destinations {
+                let host = resolve_host(&d.destination.host, vs_ns);
+                if d.destination.port.is_none()
+                    && let Some([only]) = registry.find(&host).map(|x| x.ports.as_slice())
+                {
+                    d.destination.port = Some(mesh::networking::PortSelector {
+                        number: only.number,
+                    });
+                }
+            }
+            let clusters = weighted_clusters(&destinations, vs_ns, port);
             if clusters.is_empty() {
                 continue;
             }
+            let mut filters =
+                rbac::network_filters(&ctx.authz, &ctx.config.mesh.trust_domain, stat);
+            filters.push(tcp_proxy(stat, &clusters));
             return Some(FilterChain {
                 name: format!("tcp.{port}"),
-                filters: vec![tcp_proxy(stat, &clusters)],
+                filters,
                 ..Default::default()
             });
         }
@@ -262,9 +358,45 @@ fn tcp_chain(
     None
 }
 
+fn virtual_services(config: &Config) -> impl Iterator<Item = (&Object, &VirtualService)> {
+    config
+        .of_kind(Kind::VirtualService)
+        .filter_map(|o| match &o.spec {
+            Spec::VirtualService(vs) => Some((o, vs.as_ref())),
+            _ => None,
+        })
+}
+
+/// Whether the proxy may hold the credentials of `s`'s gateway: the WorkloadEntry it names
+/// (`WORKLOAD_NAME` in its namespace) has the proxy's service account, which its SVID proves,
+/// and labels the Gateway selects. Node metadata alone (labels, `router~`) proves nothing, so
+/// another workload of the namespace cannot pose as the gateway to get its keys (istiod asks
+/// Kubernetes whether the service account may read the namespace's Secrets).
+fn may_hold_credentials(ctx: &Ctx<'_>, s: &GatewayServer<'_>) -> bool {
+    let p = ctx.proxy;
+    ctx.config
+        .of_kind(Kind::WorkloadEntry)
+        .any(|o| match &o.spec {
+            Spec::WorkloadEntry(we) => {
+                let sa = if we.service_account.is_empty() {
+                    "default"
+                } else {
+                    we.service_account.as_str()
+                };
+                o.metadata.namespace() == p.namespace
+                    && o.metadata.name == p.workload_name
+                    && sa == p.service_account
+                    && selects(&s.gateway.selector, &we.labels)
+            }
+            _ => false,
+        })
+}
+
 /// The certificate of HTTPS server `s`: its files, or its `credentialName` Secret in the
-/// gateway's namespace (pushed once into `secrets`). A missing or unusable Secret leaves the
-/// server out, with a warning, rather than a listener that waits forever for its certificate.
+/// gateway's namespace (pushed once into `secrets`). A Secret that is missing, unusable (no
+/// certificate and key, a key that does not parse or does not match the certificate) or not
+/// the proxy's to hold leaves the server out, with a warning, rather than a listener that
+/// Envoy refuses or that waits forever for its certificate.
 fn certificate(
     ctx: &Ctx<'_>,
     s: &GatewayServer<'_>,
@@ -283,6 +415,12 @@ fn certificate(
         return Some(ServerCertificate::Ads(sds_name));
     }
     let ns = &ctx.proxy.namespace;
+    let secret = format!("{ns}/{name}");
+    let gateway = s.gateway_ref();
+    if !may_hold_credentials(ctx, s) {
+        tracing::warn!(%gateway, %secret, proxy = %ctx.proxy.id, "credentialName: no WorkloadEntry {ns}/{} with this proxy's service account and the Gateway's labels; its Secrets are not served to it and the server is left out", ctx.proxy.workload_name);
+        return None;
+    }
     let found = ctx
         .config
         .of_kind(Kind::Secret)
@@ -295,14 +433,20 @@ fn certificate(
     let credential = match found.map(|s| s.tls_credential()) {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
-            tracing::warn!(gateway = %s.gateway_ref(), secret = %format!("{ns}/{name}"), "credentialName: the Secret {e}; the server is left out");
+            tracing::warn!(%gateway, %secret, "credentialName: the Secret {e}; the server is left out");
             return None;
         }
         None => {
-            tracing::warn!(gateway = %s.gateway_ref(), secret = %format!("{ns}/{name}"), "credentialName: no such Secret in the gateway's namespace; the server is left out");
+            tracing::warn!(%gateway, %secret, "credentialName: no such Secret in the gateway's namespace; the server is left out");
             return None;
         }
     };
+    if let Err(e) =
+        pki::certificate_matches_key(&credential.certificate_chain, &credential.private_key)
+    {
+        tracing::warn!(%gateway, %secret, "credentialName: {e}; the server is left out");
+        return None;
+    }
     let inline = |bytes: Vec<u8>| {
         Some(DataSource {
             specifier: Some(Specifier::InlineBytes(bytes)),
@@ -321,67 +465,64 @@ fn certificate(
     Some(ServerCertificate::Ads(sds_name))
 }
 
-/// The routes of `servers` on `port`: a virtual host per VirtualService host they expose, with
-/// that VirtualService's routes (matches naming other gateways left out); a host two
-/// VirtualServices claim goes to the first. Nothing bound: 404 for every request.
+/// The routes of `servers` on `port`, named `name`: a virtual host per host a bound
+/// VirtualService and a server both allow, with that VirtualService's routes (matches naming
+/// other gateways left out); VirtualServices sharing a host add their routes to its virtual
+/// host in load order. A server with `httpsRedirect` redirects its hosts whatever binds them.
+/// Host matching ignores the port, as on Istio's gateways. Nothing bound: 404.
 fn route_config(
     ctx: &Ctx<'_>,
     registry: &Registry,
-    name: &str,
     port: u32,
     servers: &[&GatewayServer<'_>],
+    name: String,
 ) -> RouteConfiguration {
-    let name = if name == "http" {
-        format!("http.{port}")
-    } else {
-        name.to_string()
+    let mut by_host: HashMap<String, usize> = HashMap::new();
+    let mut added: HashSet<(usize, String)> = HashSet::new();
+    let mut virtual_hosts: Vec<VirtualHost> = Vec::new();
+    let mut vhost = |host: &str, virtual_hosts: &mut Vec<VirtualHost>| -> usize {
+        *by_host.entry(host.to_string()).or_insert_with(|| {
+            virtual_hosts.push(VirtualHost {
+                name: format!("{host}:{port}"),
+                domains: vec![host.to_string()],
+                ..Default::default()
+            });
+            virtual_hosts.len() - 1
+        })
     };
-    let mut seen = HashSet::new();
-    let mut virtual_hosts = Vec::new();
-    let vss = ctx
-        .config
-        .of_kind(Kind::VirtualService)
-        .filter_map(|o| match &o.spec {
-            Spec::VirtualService(vs) => Some((o, vs.as_ref())),
-            _ => None,
-        });
-    for (object, vs) in vss {
+    for (object, vs) in virtual_services(ctx.config) {
         let vs_ns = object.metadata.namespace();
-        for s in servers.iter().filter(|s| s.bound(vs_ns, vs)) {
-            let gw = s.gateway_ref();
+        for s in servers
+            .iter()
+            .filter(|s| s.bound(&ctx.proxy.namespace, vs_ns, vs))
+        {
             let applies = |m: &mesh::networking::HttpMatchRequest| {
-                m.gateways.is_empty() || m.gateways.iter().any(|g| s.names(vs_ns, g, &gw))
+                m.gateways.is_empty() || m.gateways.iter().any(|g| s.named_by(vs_ns, g))
             };
-            for host in vs.hosts.iter().map(|h| resolve_host(h, vs_ns)) {
-                if !s.exposes(vs_ns, &host) || !seen.insert(host.clone()) {
+            let hosts: Vec<String> = vs
+                .hosts
+                .iter()
+                .flat_map(|h| s.exposes(vs_ns, &resolve_host(h, vs_ns)))
+                .collect();
+            for host in hosts {
+                // The same VirtualService through two servers of the port adds nothing new.
+                if !added.insert((std::ptr::from_ref(object) as usize, host.clone())) {
                     continue;
                 }
-                let mut routes = vs_routes(registry, object, vs, port, applies);
-                for r in &mut routes {
+                let i = vhost(&host, &mut virtual_hosts);
+                let routes = &mut virtual_hosts[i].routes;
+                let mut more = vs_routes(registry, object, vs, port, applies);
+                for r in &mut more {
                     set_hash_policy(ctx, registry, r);
                 }
-                let domains = if host == "*" {
-                    vec!["*".into()]
-                } else {
-                    vec![host.clone(), format!("{host}:{port}")]
-                };
-                let redirect = s
-                    .server
-                    .tls
-                    .as_ref()
-                    .is_some_and(|t| t.https_redirect == Some(true));
-                virtual_hosts.push(VirtualHost {
-                    name: format!("{host}:{port}"),
-                    domains,
-                    routes,
-                    require_tls: if redirect {
-                        TlsRequirementType::All as i32
-                    } else {
-                        TlsRequirementType::None as i32
-                    },
-                    ..Default::default()
-                });
+                routes.extend(more);
             }
+        }
+    }
+    for s in servers.iter().filter(|s| s.redirects()) {
+        for host in s.hosts() {
+            let i = vhost(&host, &mut virtual_hosts);
+            virtual_hosts[i].require_tls = TlsRequirementType::All as i32;
         }
     }
     if virtual_hosts.is_empty() {
@@ -406,6 +547,7 @@ fn route_config(
     RouteConfiguration {
         name,
         virtual_hosts,
+        ignore_port_in_host_matching: true,
         validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
         ..Default::default()
     }
@@ -413,8 +555,11 @@ fn route_config(
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::config::route::v3::route::Action;
     use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    use prost::Message;
 
     use super::super::proxy::{Interception, Proxy, ProxyType};
     use super::super::{ProxyResources, generate};
@@ -441,6 +586,40 @@ mod tests {
         }
     }
 
+    /// A certificate and its key, and another key, as PEM.
+    fn credentials() -> (String, String, String) {
+        let key = pki::PrivateKey::generate(pki::KeyAlgorithm::EcdsaP256).unwrap();
+        let key_pem = key.to_pem();
+        let ca = pki::CertificateAuthority::self_signed_root(
+            pki::identity::parse_trust_domain("example.com").unwrap(),
+            key,
+            &pki::SigningCaParams {
+                common_name: "a.example.com".into(),
+                organization: "test".into(),
+                ttl: std::time::Duration::from_secs(3600),
+                path_len: None,
+            },
+            std::time::SystemTime::now(),
+            &pki::SystemRandom,
+        )
+        .unwrap();
+        let other = pki::PrivateKey::generate(pki::KeyAlgorithm::EcdsaP256).unwrap();
+        (
+            pki::pem::encode_certificate(ca.certificate()),
+            key_pem,
+            other.to_pem(),
+        )
+    }
+
+    fn secret(name: &str, cert: &str, key: &str) -> String {
+        let indent = |pem: &str| pem.trim().replace('\n', "\n    ");
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: edge}}\nstringData:\n  tls.crt: |\n    {}\n  tls.key: |\n    {}\n",
+            indent(cert),
+            indent(key)
+        )
+    }
+
     const CONFIG: &str = "
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -450,6 +629,11 @@ spec:
   ports: [{number: 8080, name: http, protocol: HTTP}]
   resolution: STATIC
   endpoints: [{address: 198.18.0.11}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: gw, namespace: edge}
+spec: {address: 198.18.0.30, labels: {istio: ingressgateway}, serviceAccount: gw}
 ---
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -464,6 +648,9 @@ spec:
   - port: {number: 443, name: https-b, protocol: HTTPS}
     hosts: [b.example.com]
     tls: {mode: SIMPLE, credentialName: missing}
+  - port: {number: 443, name: https-c, protocol: HTTPS}
+    hosts: [c.example.com]
+    tls: {mode: SIMPLE, credentialName: mismatched}
   - port: {number: 443, name: https-again, protocol: HTTPS}
     hosts: [a.example.com]
     tls: {mode: SIMPLE, credentialName: a-cert}
@@ -472,7 +659,7 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: a, namespace: app}
 spec:
-  hosts: [a.example.com]
+  hosts: [\"*.example.com\"]
   gateways: [public]
   http:
   - match: [{uri: {prefix: /mesh-only}, gateways: [mesh]}]
@@ -483,15 +670,10 @@ apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: other-namespace, namespace: elsewhere}
 spec:
-  hosts: [c.example.com]
+  hosts: [d.example.com]
   gateways: [app/public]
   http:
   - route: [{destination: {host: web.app.svc.cluster.local}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {name: a-cert, namespace: edge}
-stringData: {tls.crt: \"-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE-----\\n\", tls.key: k}
 ";
 
     fn clusters_of(r: &ProxyResources, route: &str) -> Vec<(String, Vec<String>)> {
@@ -517,40 +699,72 @@ stringData: {tls.crt: \"-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE--
 
     #[test]
     fn servers_become_listeners_routes_and_the_gateways_own_secrets() {
-        let config = config(CONFIG);
+        let (cert, key, other_key) = credentials();
+        let yaml = format!(
+            "{CONFIG}{}{}",
+            secret("a-cert", &cert, &key),
+            secret("mismatched", &cert, &other_key)
+        );
+        let config = config(&yaml);
         let r = generate(&config, &gateway("edge"));
         let names: Vec<&str> = r.listeners.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(names, ["0.0.0.0_80", "0.0.0.0_443"]);
-        // Port 80 exposes `app/*.example.com`: `a` (in app) binds; `c` is in another
-        // namespace. The mesh-only match is left out.
+        assert_eq!(names, ["0.0.0.0_80", "0.0.0.0_443"], "by port");
+        // Port 80 exposes `app/*.example.com`; `a`'s `*.example.com` gets exactly that (the
+        // narrower host), `d` is in another namespace. The mesh-only match is left out.
+        let http = clusters_of(&r, "http.80");
         assert_eq!(
-            clusters_of(&r, "http.80"),
+            http,
             [(
-                "a.example.com:80".to_string(),
+                "*.example.com:80".to_string(),
                 vec!["outbound|8080||web.app.svc.cluster.local".to_string()]
             )]
         );
-        // 443: the server whose Secret exists, chosen by SNI; the one without its Secret and
-        // the one repeating an SNI already served are left out.
+        // 443: the server whose Secret exists and matches its key, chosen by SNI; the one
+        // without its Secret, the one whose key is another's, and the one repeating an SNI
+        // already served are left out.
         let tls = &r.listeners[1];
-        assert_eq!(tls.filter_chains.len(), 1);
+        assert_eq!(tls.filter_chains.len(), 1, "{:?}", tls.filter_chains);
         let chain = &tls.filter_chains[0];
         assert_eq!(chain.name, "https.443.https.public.app");
         assert_eq!(
             chain.filter_chain_match.as_ref().unwrap().server_names,
             ["a.example.com"]
         );
+        let Some(ConfigType::TypedConfig(any)) =
+            &chain.transport_socket.as_ref().unwrap().config_type
+        else {
+            panic!("a TLS context")
+        };
+        let ctx = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        let sds = &ctx
+            .common_tls_context
+            .unwrap()
+            .tls_certificate_sds_secret_configs;
+        assert_eq!(sds[0].name, "kubernetes://a-cert", "from the ADS stream");
         assert_eq!(
             clusters_of(&r, "https.443.https.public.app")[0].0,
-            "a.example.com:443"
+            "a.example.com:443",
+            "the server's host, narrower than the VirtualService's"
         );
         let secrets: Vec<&str> = r.secrets.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(secrets, ["kubernetes://a-cert"]);
+        assert!(
+            !format!("{r:?}").contains("PRIVATE KEY"),
+            "Debug names secrets only"
+        );
 
         // The same Gateway on a gateway of another namespace: that namespace's Secrets only.
         let r = generate(&config, &gateway("other"));
         assert!(r.secrets.is_empty());
         assert_eq!(r.listeners.len(), 1, "only the HTTP server is left");
+        // Another workload of the namespace claiming the gateway's labels in its node
+        // metadata is not the WorkloadEntry's service account: no keys.
+        let impostor = Proxy {
+            service_account: "app".into(),
+            workload_name: "app-0".into(),
+            ..gateway("edge")
+        };
+        assert!(generate(&config, &impostor).secrets.is_empty());
         // Sidecars get no gateway servers and no secrets.
         let sidecar = Proxy {
             kind: ProxyType::Sidecar,
@@ -559,5 +773,54 @@ stringData: {tls.crt: \"-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE--
         let r = generate(&config, &sidecar);
         assert!(r.secrets.is_empty());
         assert!(!r.routes.iter().any(|rc| rc.name.starts_with("http.")));
+    }
+
+    #[test]
+    fn virtual_services_share_hosts_and_redirects_need_none() {
+        let config = config(
+            "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 80, name: http, protocol: HTTP}, hosts: [Shop.Example.com, redirected.example.com], tls: {httpsRedirect: true}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: one, namespace: edge}
+spec:
+  hosts: [shop.example.com]
+  gateways: [gw.edge.svc.cluster.local]
+  http: [{match: [{uri: {prefix: /cart}}], route: [{destination: {host: cart.shop.svc.cluster.local, port: {number: 80}}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: two, namespace: edge}
+spec:
+  hosts: [SHOP.example.com]
+  gateways: [edge/gw]
+  http: [{route: [{destination: {host: web.shop.svc.cluster.local, port: {number: 80}}}]}]
+",
+        );
+        let r = generate(&config, &gateway("edge"));
+        let rc = &r.routes[0];
+        assert!(rc.ignore_port_in_host_matching);
+        let hosts: Vec<(&str, usize, i32)> = rc
+            .virtual_hosts
+            .iter()
+            .map(|v| (v.domains[0].as_str(), v.routes.len(), v.require_tls))
+            .collect();
+        let all = super::TlsRequirementType::All as i32;
+        // One virtual host, lower-cased, with both VirtualServices' routes in order (the old
+        // `name.namespace` gateway form binds too); the redirect applies with no route.
+        assert_eq!(
+            hosts,
+            [
+                ("shop.example.com", 2, all),
+                ("redirected.example.com", 0, all)
+            ]
+        );
     }
 }

@@ -133,8 +133,8 @@ pub(super) fn tcp_proxy(stat: &str, clusters: &[(String, u32)]) -> Filter {
 }
 
 /// The line a plaintext inbound chain writes to Envoy's stdout for each connection (TCP) or
-/// request (HTTP): which chain and the downstream's address, the "who still sends plaintext"
-/// that counters cannot say. Parsed by [`PLAINTEXT_LOG_PREFIX`].
+/// request (HTTP): which chain and the address of the peer that connected (never what
+/// `X-Forwarded-For` claims), the "who still sends plaintext" that counters cannot say. Parsed by [`PLAINTEXT_LOG_PREFIX`].
 fn plaintext_log(stat: &str) -> AccessLog {
     use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as LogConfig;
     use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
@@ -144,7 +144,7 @@ fn plaintext_log(stat: &str) -> AccessLog {
     use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::StdoutAccessLog;
     use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::stdout_access_log::AccessLogFormat;
     let line = format!(
-        "{PLAINTEXT_LOG_PREFIX} chain={stat} source=%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\n"
+        "{PLAINTEXT_LOG_PREFIX} chain={stat} source=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%\n"
     );
     let stdout = StdoutAccessLog {
         access_log_format: Some(AccessLogFormat::LogFormat(SubstitutionFormatString {
@@ -210,6 +210,9 @@ fn manager(stat: &str, routes: RouteSpecifier, authz: Vec<HttpFilter>) -> HttpCo
         codec_type: CodecType::Auto as i32,
         route_specifier: Some(routes),
         http_filters: authz.into_iter().chain(http_filters()).collect(),
+        // RFC 3986 normalization before routing and RBAC, Istio's default (`BASE`): a policy
+        // on `/admin*` also holds for `/public/../admin`.
+        normalize_path: Some(BoolValue { value: true }),
         ..Default::default()
     }
 }

@@ -122,8 +122,8 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// One proxy's resources, by type.
-#[derive(Debug, Default, Clone, PartialEq)]
+/// One proxy's resources, by type. `Debug` names the secrets only: they hold private keys.
+#[derive(Default, Clone, PartialEq)]
 pub struct ProxyResources {
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
@@ -131,6 +131,19 @@ pub struct ProxyResources {
     pub routes: Vec<RouteConfiguration>,
     /// Gateways' `credentialName` certificates.
     pub secrets: Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>,
+}
+
+impl std::fmt::Debug for ProxyResources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secrets: Vec<&str> = self.secrets.iter().map(|s| s.name.as_str()).collect();
+        f.debug_struct("ProxyResources")
+            .field("clusters", &self.clusters)
+            .field("endpoints", &self.endpoints)
+            .field("listeners", &self.listeners)
+            .field("routes", &self.routes)
+            .field("secrets", &secrets)
+            .finish()
+    }
 }
 
 /// What a proxy's resources depend on besides the configuration: proxies of one class get

@@ -50,15 +50,16 @@ fn server(report: &mut Report, path: &Path, s: &Server) {
     };
     let pp = path.field("port");
     report.check(&pp.field("number"), port(sp.number));
+    if sp.protocol.is_empty() {
+        report.error(&pp.field("protocol"), "port protocol must be set");
+    }
     report.check(&pp.field("protocol"), protocol(&sp.protocol));
     if sp.name.is_empty() {
         report.error(&pp.field("name"), "port name must be set");
     }
     let proto = sp.protocol.to_ascii_uppercase();
     let tls_protocol = matches!(proto.as_str(), "HTTPS" | "TLS");
-    if !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC" | "HTTPS" | "TCP")
-        && !sp.protocol.is_empty()
-    {
+    if !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC" | "HTTPS" | "TCP") {
         report.error(
             &pp.field("protocol"),
             format!(
@@ -170,17 +171,19 @@ fn namespaced_host(h: &str) -> Result<(), String> {
     wildcard_domain(host)
 }
 
-/// Secret rules: base64 `data`, and the keys a `kubernetes.io/tls` Secret must have.
+/// Secret rules, as warnings: a Secret nothing uses must not hold back the configuration, and
+/// a gateway whose `credentialName` names a bad one leaves that server out (and says why).
+/// Base64 `data`, the keys a `kubernetes.io/tls` Secret must have, PEM certificates.
 pub(super) fn secret(report: &mut Report, path: &Path, s: &Secret) {
     for key in s.data.keys() {
         if let Err(e) = s.value(key) {
-            report.error(&path.field("data").key(key), e);
+            report.warning(&path.field("data").key(key), e);
         }
     }
     if s.type_.as_deref() == Some(TLS_TYPE) {
         for key in ["tls.crt", "tls.key"] {
             if !s.data.contains_key(key) && !s.string_data.contains_key(key) {
-                report.error(
+                report.warning(
                     &path.field("data").key(key),
                     format!("required for type {TLS_TYPE}"),
                 );
@@ -191,7 +194,7 @@ pub(super) fn secret(report: &mut Report, path: &Path, s: &Secret) {
         if let Ok(Some(v)) = s.value(key)
             && !String::from_utf8_lossy(&v).contains("-----BEGIN CERTIFICATE-----")
         {
-            report.error(&path.field("data").key(key), "not a PEM certificate");
+            report.warning(&path.field("data").key(key), "not a PEM certificate");
         }
     }
 }
