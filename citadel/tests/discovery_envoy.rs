@@ -739,3 +739,150 @@ spec:
         assert!(c.transport_socket.is_some() && c.transport_socket_matches.is_empty());
     }
 }
+
+/// A gateway's resources in every shape citadel emits, accepted by a real Envoy: HTTP and
+/// HTTPS servers sharing a port (chains told apart by transport), two HTTPS servers by SNI
+/// (a Secret from the store and files), a wildcard HTTPS server, a redirecting server, a TCP
+/// server, a gateway policy; secrets become static ones, as validate mode fetches nothing.
+#[test]
+fn gateway_resources_are_accepted_by_envoy() {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TsConfig;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    let certs = tempfile::tempdir().unwrap();
+    let (cert_pem, key) = testkit::certs::server_credential("shop.example.com");
+    let key_pem = key.to_pem();
+    let (cert_file, key_file) = (certs.path().join("c.pem"), certs.path().join("k.pem"));
+    std::fs::write(&cert_file, &cert_pem).unwrap();
+    std::fs::write(&key_file, &key_pem).unwrap();
+    let indent = |pem: &str| pem.trim().replace('\n', "\n    ");
+    let dir = config_dir(&["gateway-ingress-httpbin.yaml", "tcp-echo-all-v1.yaml"]);
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ingress, namespace: istio-system}}
+spec: {{address: 198.18.9.1, labels: {{istio: ingressgateway}}, serviceAccount: ingress}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: shop-cert, namespace: istio-system}}
+stringData:
+  tls.crt: |
+    {}
+  tls.key: |
+    {}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: shop, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - {{port: {{number: 8443, name: plain, protocol: HTTP}}, hosts: [\"*\"]}}
+  - port: {{number: 8443, name: https-shop, protocol: HTTPS}}
+    hosts: [shop.example.com]
+    tls: {{mode: SIMPLE, credentialName: shop-cert, minProtocolVersion: TLSV1_2}}
+  - port: {{number: 8443, name: https-files, protocol: HTTPS}}
+    hosts: [files.example.com]
+    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}
+  - port: {{number: 9443, name: https-any, protocol: HTTPS}}
+    hosts: [\"*\"]
+    tls: {{mode: SIMPLE, credentialName: shop-cert}}
+  - {{port: {{number: 8081, name: redirect, protocol: HTTP}}, hosts: [shop.example.com], tls: {{httpsRedirect: true}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: shop, namespace: istio-system}}
+spec:
+  hosts: [shop.example.com, files.example.com, \"*\"]
+  gateways: [shop]
+  http: [{{route: [{{destination: {{host: productpage.default.svc.cluster.local}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ingress-policy, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules: [{{from: [{{source: {{ipBlocks: [198.18.9.0/24]}}}}]}}]
+",
+            indent(&cert_pem),
+            indent(&key_pem),
+            cert_file.display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let loaded = mesh::load_dir(dir.path()).unwrap();
+    let node = Node {
+        id: "router~198.18.9.1~ingress.istio-system~istio-system.svc.cluster.local".into(),
+        ..sidecar(
+            "198.18.9.1",
+            "istio-system",
+            "ingress",
+            &[("istio", "ingressgateway")],
+        )
+    };
+    let proxy = Proxy::from_node(&Node {
+        metadata: node.metadata.clone().map(|mut m| {
+            m.fields.insert(
+                "WORKLOAD_NAME".into(),
+                Value {
+                    kind: Some(Kind::StringValue("ingress".into())),
+                },
+            );
+            m
+        }),
+        ..node.clone()
+    })
+    .unwrap();
+    let r = generate(&loaded.config, &proxy);
+    let mut names: Vec<&str> = r.listeners.iter().map(|l| l.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "0.0.0.0_31400",
+            "0.0.0.0_80",
+            "0.0.0.0_8081",
+            "0.0.0.0_8443",
+            "0.0.0.0_9443"
+        ]
+    );
+    let shared = r
+        .listeners
+        .iter()
+        .find(|l| l.name == "0.0.0.0_8443")
+        .unwrap();
+    assert_eq!(shared.filter_chains.len(), 3, "plain, and two by SNI");
+    assert_eq!(r.secrets.len(), 1, "one Secret, served once");
+
+    // Validate mode fetches nothing: the ADS secret becomes a static one.
+    let mut bootstrap = static_bootstrap(&r, node);
+    let statics = bootstrap.static_resources.as_mut().unwrap();
+    for chain in statics
+        .listeners
+        .iter_mut()
+        .flat_map(|l| l.filter_chains.iter_mut())
+    {
+        let Some(ts) = chain.transport_socket.as_mut() else {
+            continue;
+        };
+        let Some(TsConfig::TypedConfig(any)) = ts.config_type.as_mut() else {
+            continue;
+        };
+        let mut ctx = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+        for sds in &mut ctx
+            .common_tls_context
+            .as_mut()
+            .unwrap()
+            .tls_certificate_sds_secret_configs
+        {
+            sds.sds_config = None;
+        }
+        any.value = ctx.encode_to_vec();
+    }
+    statics.secrets = r.secrets.clone();
+    envoy_validates(&bootstrap);
+}

@@ -48,6 +48,21 @@ pub fn certificate_matches_key(chain: &[u8], key: &[u8]) -> Result<(), Error> {
             "the private key is not the certificate's (public keys differ)".into(),
         ));
     }
+    // TLS stacks (BoringSSL in Envoy) refuse a server certificate whose key usage does not
+    // allow signing the handshake: a CA certificate, say.
+    let rsa = matches!(
+        cert.public_key().parsed(),
+        Ok(x509_parser::public_key::PublicKey::RSA(_))
+    );
+    if let Ok(Some(ku)) = cert.key_usage()
+        && !ku.value.digital_signature()
+        && !(rsa && ku.value.key_encipherment())
+    {
+        return Err(Error::Pem(
+            "the certificate's key usage does not allow TLS server authentication (digitalSignature)"
+                .into(),
+        ));
+    }
     Ok(())
 }
 
@@ -102,31 +117,46 @@ mod tests {
     #[test]
     fn a_certificate_matches_its_own_key_only() {
         let td = crate::identity::parse_trust_domain("example.com").unwrap();
+        let root_key = crate::PrivateKey::generate(crate::KeyAlgorithm::EcdsaP256).unwrap();
+        let root_key_pem = root_key.to_pem();
+        let ca = crate::CertificateAuthority::self_signed_root(
+            td.clone(),
+            root_key,
+            &crate::SigningCaParams {
+                common_name: "root".into(),
+                organization: "test".into(),
+                ttl: std::time::Duration::from_secs(60),
+                path_len: None,
+            },
+            std::time::SystemTime::now(),
+            &crate::SystemRandom,
+        )
+        .unwrap();
+        let id = crate::identity::parse_spiffe_id("spiffe://example.com/server").unwrap();
         for alg in [crate::KeyAlgorithm::EcdsaP256, crate::KeyAlgorithm::Rsa2048] {
             let key = crate::PrivateKey::generate(alg).unwrap();
-            let key_pem = key.to_pem();
-            let ca = crate::CertificateAuthority::self_signed_root(
-                td.clone(),
-                key,
-                &crate::SigningCaParams {
-                    common_name: "a.example.com".into(),
-                    organization: "test".into(),
-                    ttl: std::time::Duration::from_secs(60),
-                    path_len: None,
-                },
-                std::time::SystemTime::now(),
-                &crate::SystemRandom,
-            )
-            .unwrap();
-            let cert = encode_certificate(ca.certificate());
-            certificate_matches_key(cert.as_bytes(), key_pem.as_bytes()).unwrap();
+            let leaf = ca
+                .issue_svid_for_key(
+                    &id,
+                    &key.public_key_der(),
+                    alg == crate::KeyAlgorithm::Rsa2048,
+                    &crate::SvidParams::ttl(std::time::Duration::from_secs(60)),
+                    std::time::SystemTime::now(),
+                    &crate::SystemRandom,
+                )
+                .unwrap();
+            let cert = encode_certificates(leaf.chain());
+            certificate_matches_key(cert.as_bytes(), key.to_pem().as_bytes()).unwrap();
             let other = crate::PrivateKey::generate(alg).unwrap().to_pem();
             let err = certificate_matches_key(cert.as_bytes(), other.as_bytes()).unwrap_err();
             assert!(err.to_string().contains("not the certificate's"), "{err}");
+            let garbage = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n";
+            let err = certificate_matches_key(cert.as_bytes(), garbage.as_bytes()).unwrap_err();
+            assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
         }
-        let garbage = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n";
-        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-        let err = certificate_matches_key(cert.as_bytes(), garbage.as_bytes()).unwrap_err();
-        assert!(!err.to_string().contains("c2VjcmV0"), "{err}");
+        // A CA certificate (keyCertSign only) cannot serve TLS.
+        let root = encode_certificate(ca.certificate());
+        let err = certificate_matches_key(root.as_bytes(), root_key_pem.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("key usage"), "{err}");
     }
 }

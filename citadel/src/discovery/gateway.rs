@@ -588,27 +588,9 @@ mod tests {
 
     /// A certificate and its key, and another key, as PEM.
     fn credentials() -> (String, String, String) {
-        let key = pki::PrivateKey::generate(pki::KeyAlgorithm::EcdsaP256).unwrap();
-        let key_pem = key.to_pem();
-        let ca = pki::CertificateAuthority::self_signed_root(
-            pki::identity::parse_trust_domain("example.com").unwrap(),
-            key,
-            &pki::SigningCaParams {
-                common_name: "a.example.com".into(),
-                organization: "test".into(),
-                ttl: std::time::Duration::from_secs(3600),
-                path_len: None,
-            },
-            std::time::SystemTime::now(),
-            &pki::SystemRandom,
-        )
-        .unwrap();
+        let (cert, key) = testkit::certs::server_credential("a.example.com");
         let other = pki::PrivateKey::generate(pki::KeyAlgorithm::EcdsaP256).unwrap();
-        (
-            pki::pem::encode_certificate(ca.certificate()),
-            key_pem,
-            other.to_pem(),
-        )
+        (cert, key.to_pem(), other.to_pem())
     }
 
     fn secret(name: &str, cert: &str, key: &str) -> String {
