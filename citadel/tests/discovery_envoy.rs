@@ -268,6 +268,57 @@ fn static_bootstrap(r: &ProxyResources, node: Node) -> Bootstrap {
     }
 }
 
+/// The resources' ADS secrets as static ones (validate mode fetches nothing): every TLS
+/// context's SDS configs lose their source, so Envoy takes the static secret of that name.
+fn with_static_secrets(bootstrap: &mut Bootstrap, r: &ProxyResources) {
+    use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TsConfig;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, UpstreamTlsContext,
+    };
+    fn unsourced(common: &mut CommonTlsContext) {
+        for sds in &mut common.tls_certificate_sds_secret_configs {
+            if sds.name.starts_with("kubernetes://") {
+                sds.sds_config = None;
+            }
+        }
+        if let Some(ValidationContextType::CombinedValidationContext(c)) =
+            &mut common.validation_context_type
+            && let Some(sds) = &mut c.validation_context_sds_secret_config
+            && sds.name.starts_with("kubernetes://")
+        {
+            sds.sds_config = None;
+        }
+    }
+    fn patch(ts: &mut TransportSocket) {
+        let Some(TsConfig::TypedConfig(any)) = ts.config_type.as_mut() else {
+            return;
+        };
+        if any.type_url.ends_with("DownstreamTlsContext") {
+            let mut ctx = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
+            ctx.common_tls_context.as_mut().map(unsourced);
+            any.value = ctx.encode_to_vec();
+        } else if any.type_url.ends_with("UpstreamTlsContext") {
+            let mut ctx = UpstreamTlsContext::decode(any.value.as_slice()).unwrap();
+            ctx.common_tls_context.as_mut().map(unsourced);
+            any.value = ctx.encode_to_vec();
+        }
+    }
+    let statics = bootstrap.static_resources.as_mut().unwrap();
+    for chain in statics
+        .listeners
+        .iter_mut()
+        .flat_map(|l| l.filter_chains.iter_mut())
+    {
+        chain.transport_socket.as_mut().map(patch);
+    }
+    for c in &mut statics.clusters {
+        c.transport_socket.as_mut().map(patch);
+    }
+    statics.secrets = r.secrets.clone();
+}
+
 fn envoy_validates(bootstrap: &Bootstrap) {
     let (ok, text) = envoy_validate(bootstrap);
     assert!(ok, "envoy --mode validate refused the resources:\n{text}");
@@ -746,8 +797,6 @@ spec:
 /// server, a gateway policy; secrets become static ones, as validate mode fetches nothing.
 #[test]
 fn gateway_resources_are_accepted_by_envoy() {
-    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TsConfig;
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
     let certs = tempfile::tempdir().unwrap();
     let (cert_pem, key) = testkit::certs::server_credential("shop.example.com");
     let key_pem = key.to_pem();
@@ -860,29 +909,115 @@ spec:
 
     // Validate mode fetches nothing: the ADS secret becomes a static one.
     let mut bootstrap = static_bootstrap(&r, node);
-    let statics = bootstrap.static_resources.as_mut().unwrap();
-    for chain in statics
-        .listeners
-        .iter_mut()
-        .flat_map(|l| l.filter_chains.iter_mut())
-    {
-        let Some(ts) = chain.transport_socket.as_mut() else {
-            continue;
-        };
-        let Some(TsConfig::TypedConfig(any)) = ts.config_type.as_mut() else {
-            continue;
-        };
-        let mut ctx = DownstreamTlsContext::decode(any.value.as_slice()).unwrap();
-        for sds in &mut ctx
-            .common_tls_context
-            .as_mut()
-            .unwrap()
-            .tls_certificate_sds_secret_configs
-        {
-            sds.sds_config = None;
-        }
-        any.value = ctx.encode_to_vec();
-    }
-    statics.secrets = r.secrets.clone();
+    with_static_secrets(&mut bootstrap, &r);
     envoy_validates(&bootstrap);
+}
+
+/// TLS origination from the store (Istio's DestinationRule `credentialName`): MUTUAL presents
+/// the Secret's certificate and verifies with its `ca.crt`, SIMPLE with a separate
+/// `NAME-cacert` Secret, both over SDS on the ADS stream; a real Envoy accepts the clusters.
+/// A proxy that is not the WorkloadEntry of its namespace's service account gets neither
+/// the Secrets nor the clusters that need them.
+#[test]
+fn store_credentials_originate_tls_and_envoy_accepts_them() {
+    let (cert, key) = testkit::certs::server_credential("client.example.com");
+    let indent = |pem: &str| pem.trim().replace('\n', "\n    ");
+    let dir = config_dir(&[]);
+    std::fs::write(
+        dir.path().join("egress.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: pod, namespace: default}}
+spec: {{address: 198.18.0.5, labels: {{app: client}}, serviceAccount: client}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext}}
+spec:
+  hosts: [mutual.example.com, simple.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: mutual}}
+spec:
+  host: mutual.example.com
+  trafficPolicy: {{tls: {{mode: MUTUAL, credentialName: client-credential}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: simple}}
+spec:
+  host: simple.example.com
+  trafficPolicy: {{tls: {{mode: SIMPLE, credentialName: simple}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: client-credential}}
+stringData:
+  tls.crt: |
+    {c}
+  tls.key: |
+    {k}
+  ca.crt: |
+    {c}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: simple-cacert}}
+stringData:
+  cacert: |
+    {c}
+",
+            c = indent(&cert),
+            k = indent(&key.to_pem())
+        ),
+    )
+    .unwrap();
+    let loaded = mesh::load_dir(dir.path()).unwrap();
+    let node = sidecar("198.18.0.5", "default", "client", &[("app", "client")]);
+    let r = generate(&loaded.config, &Proxy::from_node(&node).unwrap());
+    let mut names: Vec<&str> = r.secrets.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "kubernetes://client-credential",
+            "kubernetes://client-credential-cacert",
+            "kubernetes://simple-cacert"
+        ]
+    );
+    for host in ["mutual.example.com", "simple.example.com"] {
+        let c = cluster(&r, &format!("outbound|80||{host}"));
+        let ts = format!("{:?}", c.transport_socket);
+        assert!(ts.contains("UpstreamTlsContext"), "{host}: {ts}");
+    }
+    let mut bootstrap = static_bootstrap(&r, node.clone());
+    with_static_secrets(&mut bootstrap, &r);
+    envoy_validates(&bootstrap);
+
+    // Another service account in the namespace claiming the pod: no Secrets, no such clusters.
+    let impostor = Node {
+        metadata: node.metadata.clone().map(|mut m| {
+            m.fields.insert(
+                "SERVICE_ACCOUNT".into(),
+                Value {
+                    kind: Some(Kind::StringValue("other".into())),
+                },
+            );
+            m
+        }),
+        ..node
+    };
+    let r = generate(&loaded.config, &Proxy::from_node(&impostor).unwrap());
+    assert!(r.secrets.is_empty());
+    assert!(
+        !r.clusters
+            .iter()
+            .any(|c| c.name == "outbound|80||mutual.example.com"),
+        "left out, never sent without its credentials"
+    );
 }

@@ -1,6 +1,7 @@
-//! Kubernetes' `v1` Secret, the part a gateway's `credentialName` reads: a TLS certificate and
-//! key, as `kubectl create secret tls` writes them (`tls.crt`/`tls.key`) or in Istio's generic
-//! form (`cert`/`key`). `Debug` never prints the values.
+//! Kubernetes' `v1` Secret, the part a `credentialName` reads: a TLS certificate and key, as
+//! `kubectl create secret tls` writes them (`tls.crt`/`tls.key`) or in Istio's generic form
+//! (`cert`/`key`), and CA certificates (`ca.crt` or `cacert`). `Debug` never prints the
+//! values.
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -69,6 +70,17 @@ impl Secret {
                     .map_err(|e| format!("not base64: {e}"))
             })
             .transpose()
+    }
+
+    /// The CA certificates a client trusts, if the Secret carries them: `ca.crt` (what
+    /// `kubectl create secret generic --from-file=ca.crt` writes), else Istio's `cacert`.
+    pub fn ca_certificate(&self) -> Result<Option<Vec<u8>>, String> {
+        for key in ["ca.crt", "cacert"] {
+            if let Some(v) = self.value(key).map_err(|e| format!("data[{key}]: {e}"))? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
     }
 
     /// The certificate and key a gateway serves: `tls.crt`/`tls.key`, else `cert`/`key`.

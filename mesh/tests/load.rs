@@ -264,10 +264,18 @@ spec:
 ";
     let e = errors(tls);
     assert!(
-        e.iter().any(|e| e.contains(
-            "spec.trafficPolicy.tls.credentialName: credentials from Kubernetes secrets are not supported"
+        !e.iter().any(|e| e.contains("spec.trafficPolicy.tls:")),
+        "credentialName alone is fine: {e:?}"
+    );
+    let both = errors(&tls.replace(
+        "credentialName: api-creds}",
+        "credentialName: api-creds, caCertificates: /etc/ca.pem}",
+    ));
+    assert!(
+        both.iter().any(|e| e.contains(
+            "spec.trafficPolicy.tls: cannot specify client certificates or CA certificate or CA CRL if credentialName is set"
         )),
-        "{e:?}"
+        "{both:?}"
     );
     assert!(
         e.iter().any(|e| e.contains(

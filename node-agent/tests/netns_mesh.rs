@@ -776,7 +776,8 @@ async fn peer_authentication_modes_on_captured_traffic() {
 /// Istio's other traffic tasks from a captured client: fault abort, request timeout, retries,
 /// circuit breaking, outlier ejection, and REGISTRY_ONLY against a MESH_EXTERNAL
 /// ServiceEntry (STATIC), egress TLS origination to a DNS-resolved external HTTPS server (the
-/// task's ServiceEntry with `targetPort: 443` and SIMPLE DestinationRule), then ALLOW_ANY set
+/// task's ServiceEntry with `targetPort: 443`, and a SIMPLE DestinationRule whose
+/// `credentialName` Secret holds the CA), then ALLOW_ANY set
 /// live, which lets the unknown host through the original-destination passthrough.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn istio_traffic_tasks_under_iptables_capture() {
@@ -823,9 +824,12 @@ spec:
         ip(50)
     );
     // Istio's egress TLS origination task: plain HTTP from the application, TLS from the
-    // sidecar to the external server's 443, found by DNS (the pod's hosts file).
+    // sidecar to the external server's 443, found by DNS (the pod's hosts file), verified
+    // against the CA in the DestinationRule's `credentialName` Secret.
     let certs = tempfile::tempdir().unwrap();
     let (root, cert, key) = server_certificate(certs.path(), "api.secure.test");
+    let other = tempfile::tempdir().unwrap();
+    let (other_root, _, _) = server_certificate(other.path(), "api.secure.test");
     c += &format!(
         "apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -846,10 +850,42 @@ spec:
   trafficPolicy:
     portLevelSettings:
     - port: {{number: 80}}
-      tls: {{mode: SIMPLE, caCertificates: {}}}
+      tls: {{mode: SIMPLE, credentialName: api-secure-test}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: api-secure-test, namespace: default}}
+stringData:
+  ca.crt: |
+    {}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api-wrong-test}}
+spec:
+  hosts: [api.wrong.test]
+  ports: [{{number: 80, name: http-port, protocol: HTTP, targetPort: 443}}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api-wrong-test}}
+spec:
+  host: api.wrong.test
+  trafficPolicy:
+    tls: {{mode: SIMPLE, credentialName: another-root, sni: api.secure.test}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: another-root, namespace: default}}
+stringData:
+  cacert: |
+    {}
 ---
 ",
-        root.display()
+        indented_pem(&root),
+        indented_pem(&other_root)
     );
     // PodSpec holds 'static flags; the paths live as long as the test process.
     let secure_app: &'static [&'static str] = Vec::leak(vec![
@@ -874,6 +910,7 @@ spec:
     hosts.push((ip(50), "api.external.test".into()));
     hosts.push((ip(51), "unknown.example.test".into()));
     hosts.push((ip(52), "api.secure.test".into()));
+    hosts.push((ip(52), "api.wrong.test".into()));
     let hosts: Vec<(Ipv4Addr, &str)> = hosts.iter().map(|(a, n)| (*a, n.as_str())).collect();
     let world = World::start(
         "tk",
@@ -958,6 +995,18 @@ spec:
     // TLS origination: the application speaks HTTP, the server only TLS (resolved by DNS).
     let calls = call(page, "http://api.secure.test/", 5, &[]);
     assert_eq!(calls.of("secure"), 5, "{calls:?}\n{}", world.envoy_logs());
+    // The Secret's CA is what verifies the server: the same server through a rule whose
+    // Secret holds another root fails.
+    let calls = call(page, "http://api.wrong.test/", 3, &[]);
+    assert_eq!(calls.status(503), 3, "{calls:?}");
+    let failed = world.stat(
+        "productpage-v1",
+        "cluster.outbound|80||api.wrong.test.ssl.fail_verify_error",
+    );
+    assert!(
+        failed >= 1,
+        "refused by verification, not for want of a cluster: {failed}"
+    );
     // ALLOW_ANY, set live: the unknown host goes through to its original destination.
     world.write("mesh.yaml", "outboundTrafficPolicy: {mode: ALLOW_ANY}\n");
     eventually(Duration::from_secs(10), "ALLOW_ANY in force", async || {
@@ -1388,6 +1437,14 @@ fn server_certificate(dir: &Path, host: &str) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("server.crt"),
         dir.join("server.key"),
     )
+}
+
+/// A PEM file's text, indented for a YAML block scalar under a two-space key.
+fn indented_pem(file: &Path) -> String {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .trim()
+        .replace('\n', "\n    ")
 }
 
 /// The secure-ingress task's certificate for `httpbin.example.com`, and the Secret

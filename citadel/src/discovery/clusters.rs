@@ -38,8 +38,9 @@ use mesh::networking::{
     OutlierDetection as IstioOutlier, Resolution, SimpleLb, Subset, TrafficPolicy,
 };
 
+use super::credentials::Credentials;
 use super::services::{Endpoint, Port, Service, destination_rule_for};
-use super::tls::{upstream_mtls, upstream_origination};
+use super::tls::{StoreCredentials, upstream_mtls, upstream_origination};
 use super::{Ctx, address, ads_source, any, duration, u32v};
 
 pub const PASSTHROUGH: &str = "PassthroughCluster";
@@ -59,11 +60,13 @@ pub fn inbound_name(port: u32) -> String {
     format!("inbound|{port}||")
 }
 
-/// Clusters and the endpoints of those that use EDS.
+/// Clusters, the endpoints of those that use EDS, and the store Secrets their TLS
+/// origination names (`credentialName`).
 #[derive(Debug, Default)]
 pub struct Clusters {
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
+    pub credentials: Credentials,
 }
 
 /// The effective policy for one port of one subset: Istio merges top level, then port level;
@@ -130,6 +133,32 @@ pub fn outbound_of(ctx: &Ctx<'_>, services: &[&Service]) -> Clusters {
     out
 }
 
+/// The store Secrets a SIMPLE or MUTUAL origination with `credentialName` uses: its CA (none:
+/// the system bundle) and, for MUTUAL, its client certificate.
+fn store_credentials(
+    ctx: &Ctx<'_>,
+    credentials: &mut Credentials,
+    tls: Option<&mesh::networking::ClientTlsSettings>,
+) -> Result<Option<StoreCredentials>, String> {
+    let Some(tls) = tls.filter(|t| matches!(t.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual))
+    else {
+        return Ok(None);
+    };
+    let Some(name) = &tls.credential_name else {
+        return Ok(None);
+    };
+    let certificate = match tls.mode {
+        ClientTlsMode::Mutual => Some(credentials.certificate(ctx, name, None)?),
+        _ => None,
+    };
+    let ca = if tls.insecure_skip_verify == Some(true) {
+        None
+    } else {
+        credentials.ca(ctx, name)?
+    };
+    Ok(Some(StoreCredentials { certificate, ca }))
+}
+
 fn passthrough(ctx: &Ctx<'_>) -> Cluster {
     Cluster {
         name: PASSTHROUGH.into(),
@@ -153,6 +182,15 @@ fn outbound(
 ) {
     let subset_name = subset.map(|s| s.name.as_str()).unwrap_or("");
     let name = outbound_name(port.number, subset_name, &service.hostname);
+    // A credential that cannot be served leaves the cluster out: requests fail with "no
+    // cluster" rather than going out unverified or hanging on a secret that never comes.
+    let store = match store_credentials(ctx, &mut out.credentials, policy.tls) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::warn!(cluster = %name, proxy = %ctx.proxy.id, "DestinationRule credentialName: {e}; the cluster is left out");
+            return;
+        }
+    };
     let endpoints: Vec<&Endpoint> = service
         .endpoints
         .iter()
@@ -236,8 +274,11 @@ fn outbound(
         Some(ClientTlsMode::Disable) => false,
         Some(ClientTlsMode::Simple | ClientTlsMode::Mutual) => {
             let settings = tls.expect("a mode comes with its settings");
-            cluster.transport_socket =
-                Some(upstream_origination(settings, port.protocol.is_http2()));
+            cluster.transport_socket = Some(upstream_origination(
+                settings,
+                port.protocol.is_http2(),
+                store.as_ref(),
+            ));
             // Istio: without an `sni`, HTTP takes it from each request's host, and checks the
             // server's name against it unless the rule names SANs or skips verification.
             if settings.sni.is_none() && port.protocol.is_http() {

@@ -7,7 +7,6 @@
 //! labels.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
@@ -15,20 +14,17 @@ use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, Route, RouteConfiguration, RouteMatch, VirtualHost,
     route_match::PathSpecifier,
 };
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, TlsCertificate};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use mesh::networking::{Gateway, Server, ServerTlsMode, VirtualService};
 use mesh::{Config, Kind, Object, Spec};
 
 use super::Ctx;
+use super::credentials::Credentials;
 use super::listeners::{gateway_hcm, listener, tcp_proxy, tls_inspector, weighted_clusters};
 use super::rbac;
 use super::routes::{set_hash_policy, vs_routes};
 use super::services::{Registry, host_matches, resolve_host};
 use super::tls::{ServerCertificate, downstream_simple};
-
-/// The SDS name prefix of store Secrets, as istiod names them.
-pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
 
 /// A Gateway that selects the proxy: `selector` labels all among the proxy's.
 pub fn gateways_for<'a>(
@@ -210,7 +206,7 @@ pub struct Built {
 pub fn build(ctx: &Ctx<'_>, registry: &Registry) -> Built {
     let gateways = gateways_for(ctx.config, &ctx.proxy.labels);
     let mut out = Built::default();
-    let mut secrets_done = HashSet::new();
+    let mut creds = Credentials::default();
     for ((bind, port), servers) in servers(&gateways) {
         let stat = format!("outbound_{bind}_{port}");
         let authz = || rbac::http_filters(&ctx.authz, &ctx.config.mesh.trust_domain);
@@ -266,7 +262,7 @@ pub fn build(ctx: &Ctx<'_>, registry: &Registry) -> Built {
                 tracing::warn!(gateway = %s.gateway_ref(), port, "every host of this HTTPS server is served by an earlier server on the port; it is left out");
                 continue;
             }
-            let Some(cert) = certificate(ctx, s, &mut out.secrets, &mut secrets_done) else {
+            let Some(cert) = certificate(ctx, s, &mut creds) else {
                 continue;
             };
             claimed.extend(names.iter().cloned());
@@ -291,6 +287,7 @@ pub fn build(ctx: &Ctx<'_>, registry: &Registry) -> Built {
             out.listeners.push(l);
         }
     }
+    out.secrets = creds.into_secrets();
     out
 }
 
@@ -367,41 +364,14 @@ fn virtual_services(config: &Config) -> impl Iterator<Item = (&Object, &VirtualS
         })
 }
 
-/// Whether the proxy may hold the credentials of `s`'s gateway: the WorkloadEntry it names
-/// (`WORKLOAD_NAME` in its namespace) has the proxy's service account, which its SVID proves,
-/// and labels the Gateway selects. Node metadata alone (labels, `router~`) proves nothing, so
-/// another workload of the namespace cannot pose as the gateway to get its keys (istiod asks
-/// Kubernetes whether the service account may read the namespace's Secrets).
-fn may_hold_credentials(ctx: &Ctx<'_>, s: &GatewayServer<'_>) -> bool {
-    let p = ctx.proxy;
-    ctx.config
-        .of_kind(Kind::WorkloadEntry)
-        .any(|o| match &o.spec {
-            Spec::WorkloadEntry(we) => {
-                let sa = if we.service_account.is_empty() {
-                    "default"
-                } else {
-                    we.service_account.as_str()
-                };
-                o.metadata.namespace() == p.namespace
-                    && o.metadata.name == p.workload_name
-                    && sa == p.service_account
-                    && selects(&s.gateway.selector, &we.labels)
-            }
-            _ => false,
-        })
-}
-
-/// The certificate of HTTPS server `s`: its files, or its `credentialName` Secret in the
-/// gateway's namespace (pushed once into `secrets`). A Secret that is missing, unusable (no
-/// certificate and key, a key that does not parse or does not match the certificate) or not
-/// the proxy's to hold leaves the server out, with a warning, rather than a listener that
-/// Envoy refuses or that waits forever for its certificate.
+/// The certificate of HTTPS server `s`: its files, or its `credentialName` Secret (see
+/// [`Credentials::certificate`]; the gateway's WorkloadEntry must carry the Gateway's labels).
+/// A Secret that cannot be served leaves the server out, with a warning, rather than a listener
+/// that Envoy refuses or that waits forever for its certificate.
 fn certificate(
     ctx: &Ctx<'_>,
     s: &GatewayServer<'_>,
-    secrets: &mut Vec<Secret>,
-    done: &mut HashSet<String>,
+    creds: &mut Credentials,
 ) -> Option<ServerCertificate> {
     let tls = s.server.tls.as_ref()?;
     let Some(name) = &tls.credential_name else {
@@ -410,59 +380,13 @@ fn certificate(
             key: tls.private_key.clone()?,
         });
     };
-    let sds_name = format!("{CREDENTIAL_PREFIX}{name}");
-    if done.contains(&sds_name) {
-        return Some(ServerCertificate::Ads(sds_name));
-    }
-    let ns = &ctx.proxy.namespace;
-    let secret = format!("{ns}/{name}");
-    let gateway = s.gateway_ref();
-    if !may_hold_credentials(ctx, s) {
-        tracing::warn!(%gateway, %secret, proxy = %ctx.proxy.id, "credentialName: no WorkloadEntry {ns}/{} with this proxy's service account and the Gateway's labels; its Secrets are not served to it and the server is left out", ctx.proxy.workload_name);
-        return None;
-    }
-    let found = ctx
-        .config
-        .of_kind(Kind::Secret)
-        .find_map(|o| match &o.spec {
-            Spec::Secret(secret) if o.metadata.namespace() == ns && o.metadata.name == *name => {
-                Some(secret)
-            }
-            _ => None,
-        });
-    let credential = match found.map(|s| s.tls_credential()) {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            tracing::warn!(%gateway, %secret, "credentialName: the Secret {e}; the server is left out");
-            return None;
+    match creds.certificate(ctx, name, Some(&s.gateway.selector)) {
+        Ok(sds) => Some(ServerCertificate::Ads(sds)),
+        Err(e) => {
+            tracing::warn!(gateway = %s.gateway_ref(), proxy = %ctx.proxy.id, credential = %name, "credentialName: {e}; the server is left out");
+            None
         }
-        None => {
-            tracing::warn!(%gateway, %secret, "credentialName: no such Secret in the gateway's namespace; the server is left out");
-            return None;
-        }
-    };
-    if let Err(e) =
-        pki::certificate_matches_key(&credential.certificate_chain, &credential.private_key)
-    {
-        tracing::warn!(%gateway, %secret, "credentialName: {e}; the server is left out");
-        return None;
     }
-    let inline = |bytes: Vec<u8>| {
-        Some(DataSource {
-            specifier: Some(Specifier::InlineBytes(bytes)),
-            ..Default::default()
-        })
-    };
-    secrets.push(Secret {
-        name: sds_name.clone(),
-        r#type: Some(SecretType::TlsCertificate(TlsCertificate {
-            certificate_chain: inline(credential.certificate_chain),
-            private_key: inline(credential.private_key),
-            ..Default::default()
-        })),
-    });
-    done.insert(sds_name.clone());
-    Some(ServerCertificate::Ads(sds_name))
 }
 
 /// The routes of `servers` on `port`, named `name`: a virtual host per host a bound

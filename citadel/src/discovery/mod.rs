@@ -2,6 +2,7 @@
 //! and one proxy in, that proxy's Envoy resources out (CDS, EDS, LDS, RDS), named as Istio names
 //! them so Istio users' tooling and habits carry over. Pure: no I/O, no clock.
 pub mod clusters;
+pub mod credentials;
 pub mod gateway;
 pub mod listeners;
 pub mod proxy;
@@ -270,7 +271,7 @@ pub fn generate_with(config: &Config, registry: &Registry, proxy: &Proxy) -> Pro
         endpoints: built.endpoints,
         listeners,
         routes,
-        secrets: Vec::new(),
+        secrets: built.credentials.into_secrets(),
     }
 }
 
@@ -280,11 +281,15 @@ fn generate_gateway(ctx: &Ctx<'_>, registry: &Registry) -> ProxyResources {
     let services = registry.visible_to(ctx.proxy, None);
     let clusters = clusters::build(ctx, &services);
     let built = gateway::build(ctx, registry);
+    let mut secrets = clusters.credentials.into_secrets();
+    // A Secret both a server and a DestinationRule name is pushed once.
+    secrets.retain(|s| !built.secrets.iter().any(|b| b.name == s.name));
+    secrets.extend(built.secrets);
     ProxyResources {
         clusters: clusters.clusters,
         endpoints: clusters.endpoints,
         listeners: built.listeners,
         routes: built.routes,
-        secrets: built.secrets,
+        secrets,
     }
 }

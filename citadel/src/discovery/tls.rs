@@ -13,8 +13,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_c
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SubjectAltNameMatcher,
-    UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    SubjectAltNameMatcher, UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
@@ -107,10 +107,12 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// host (`auto_sni`, set with the cluster's HTTP options). The server is verified against
 /// `caCertificates` (else the system bundle) and, when given, `subjectAltNames` (of any SAN
 /// type, as Istio matches them), unless `insecureSkipVerify`. Only MUTUAL presents the client
-/// certificate and key files.
+/// certificate and key files. With a `credentialName` (`store`), the CA and the client
+/// certificate are the store Secret's, over SDS on the ADS stream, instead of files.
 pub fn upstream_origination(
     tls: &mesh::networking::ClientTlsSettings,
     http2: bool,
+    store: Option<&StoreCredentials>,
 ) -> TransportSocket {
     use envoy_types::pb::envoy::config::core::v3::DataSource;
     use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
@@ -133,20 +135,42 @@ pub fn upstream_origination(
             SanType::IpAddress,
             SanType::Email,
         ];
-        common.validation_context_type = Some(ValidationContextType::ValidationContext(
-            CertificateValidationContext {
+        let sans = tls
+            .subject_alt_names
+            .iter()
+            .flat_map(|s| types.map(|t| san_matcher(t, s)))
+            .collect();
+        let store_ca = store.and_then(|s| s.ca.clone());
+        common.validation_context_type = Some(match store_ca {
+            Some(ca) => ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: sans,
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(SdsSecretConfig {
+                        name: ca,
+                        sds_config: Some(super::ads_source()),
+                    }),
+                    ..Default::default()
+                },
+            ),
+            None => ValidationContextType::ValidationContext(CertificateValidationContext {
                 trusted_ca: file(tls.ca_certificates.as_deref().unwrap_or(SYSTEM_CA_BUNDLE)),
                 crl: tls.ca_crl.as_deref().and_then(file),
-                match_typed_subject_alt_names: tls
-                    .subject_alt_names
-                    .iter()
-                    .flat_map(|s| types.map(|t| san_matcher(t, s)))
-                    .collect(),
+                match_typed_subject_alt_names: sans,
                 ..Default::default()
-            },
-        ));
+            }),
+        });
     }
     if tls.mode == ClientTlsMode::Mutual
+        && let Some(cert) = store.and_then(|s| s.certificate.clone())
+    {
+        common.tls_certificate_sds_secret_configs = vec![SdsSecretConfig {
+            name: cert,
+            sds_config: Some(super::ads_source()),
+        }];
+    } else if tls.mode == ClientTlsMode::Mutual
         && let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key)
     {
         common.tls_certificates = vec![TlsCertificate {
@@ -180,6 +204,14 @@ pub fn downstream_mtls() -> TransportSocket {
     }
 }
 
+/// A DestinationRule's `credentialName`, resolved: the SDS names of its client certificate
+/// (MUTUAL) and CA certificates (none: the system bundle), served on the ADS stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreCredentials {
+    pub certificate: Option<String>,
+    pub ca: Option<String>,
+}
+
 /// Where a gateway server's certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerCertificate {
@@ -198,7 +230,7 @@ pub fn downstream_simple(
 ) -> TransportSocket {
     use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-        SdsSecretConfig, TlsCertificate, TlsParameters,
+        TlsCertificate, TlsParameters,
     };
     let file = |path: &str| {
         Some(DataSource {
@@ -283,7 +315,7 @@ mod tests {
             private_key: Some("/k.pem".into()),
             ..Default::default()
         };
-        let ctx = context(&upstream_origination(&simple, false));
+        let ctx = context(&upstream_origination(&simple, false, None));
         assert_eq!(ctx.sni, "api.example.com");
         let v = validation(&ctx).expect("the server is verified");
         assert!(
@@ -305,7 +337,7 @@ mod tests {
             ca_certificates: Some("/ca.pem".into()),
             ..simple.clone()
         };
-        let ctx = context(&upstream_origination(&mutual, true));
+        let ctx = context(&upstream_origination(&mutual, true, None));
         let v = validation(&ctx).unwrap();
         let types: Vec<i32> = v
             .match_typed_subject_alt_names
@@ -326,7 +358,7 @@ mod tests {
             sni: None,
             ..simple
         };
-        let ctx = context(&upstream_origination(&skip, false));
+        let ctx = context(&upstream_origination(&skip, false, None));
         assert!(
             validation(&ctx).is_none(),
             "insecureSkipVerify: no verification"

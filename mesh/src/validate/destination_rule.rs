@@ -400,12 +400,6 @@ fn client_tls(report: &mut Report, path: &Path, t: &ClientTlsSettings) {
         }
         _ => {}
     }
-    if t.credential_name.is_some() {
-        report.error(
-            &path.field("credentialName"),
-            "credentials from Kubernetes secrets are not supported by citadel yet; name the files with clientCertificate, privateKey and caCertificates",
-        );
-    }
     if skip && (t.ca_certificates.is_some() || !t.subject_alt_names.is_empty()) {
         report.error(
             path,
