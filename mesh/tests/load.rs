@@ -241,12 +241,15 @@ spec:
   hosts: [bookinfo.com]
   http:
   - match: [{uri: {prefix: /productpage}}]
-    delegate: {name: productpage, namespace: nsA}
+    delegate: {name: productpage, namespace: nsa}
 ";
-    let e = errors(root);
+    assert!(errors(root).is_empty(), "{:?}", errors(root));
+    let e = errors(&format!(
+        "{root}    route: [{{destination: {{host: reviews}}}}]\n"
+    ));
     assert!(
         e.iter().any(|e| e.contains(
-            "spec.http[0].delegate: delegate VirtualServices are not supported by citadel yet"
+            "spec.http[0]: a root HTTP route with delegate must not specify route or redirect"
         )),
         "{e:?}"
     );

@@ -1369,6 +1369,33 @@ spec:
     .await;
 }
 
+/// A root VirtualService on a gateway delegating `/status` to a VirtualService of another
+/// namespace (Istio's delegate shape).
+const DELEGATION: &str = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: apps, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http-apps, protocol: HTTP}, hosts: [app.example.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app, namespace: istio-system}
+spec:
+  hosts: [app.example.com]
+  gateways: [apps]
+  http:
+  - match: [{uri: {prefix: /status}}]
+    delegate: {name: httpbin-status, namespace: default}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin-status, namespace: default}
+spec:
+  http:
+  - route: [{destination: {host: httpbin, port: {number: 8000}}}]
+";
+
 const fn gateway_pod(
     namespace: &'static str,
     name: &'static str,
@@ -1479,7 +1506,8 @@ data:
 /// that principal only: a sidecar'd client in the mesh and the outside client calling httpbin
 /// directly are refused. A DENY on the gateway by client address refuses a second outside
 /// client there. The tcp-echo sample's TCP Gateway server routes connections by its
-/// VirtualService's `tcp` route.
+/// VirtualService's `tcp` route, and a root VirtualService delegates a path to one in another
+/// namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_gateway_into_the_mesh() {
     const GATEWAY_SA: &str = "istio-ingressgateway-service-account";
@@ -1555,6 +1583,7 @@ spec:
             ("credential.yaml", secret),
             ("gateway.yaml", istio_policy("gateway-ingress-httpbin.yaml")),
             ("tcp-echo.yaml", istio_policy("tcp-echo-all-v1.yaml")),
+            ("delegation.yaml", DELEGATION.into()),
         ],
         &[
             gateway_pod(
@@ -1622,6 +1651,14 @@ spec:
         ),
         5
     );
+
+    // Delegation: the root VirtualService binds app.example.com on 8080 and hands /status to
+    // a delegate in another namespace, which routes to httpbin; the rest has no route.
+    let app = ["Host: app.example.com"];
+    let calls = call(outside, "http://198.18.5.30:8080/status/200", 5, &app);
+    assert_eq!(calls.of("httpbin"), 5, "{calls:?}");
+    let calls = call(outside, "http://198.18.5.30:8080/headers", 3, &app);
+    assert_eq!(calls.status(404), 3, "{calls:?}");
 
     // Istio's TCP traffic-shifting task through the gateway: its Gateway (TCP 31400),
     // DestinationRule and VirtualService unchanged, all to tcp-echo v1.

@@ -23,7 +23,7 @@ use super::credentials::Credentials;
 use super::listeners::{gateway_hcm, listener, tcp_proxy, tls_inspector, weighted_clusters};
 use super::rbac;
 use super::routes::{set_hash_policy, vs_routes};
-use super::services::{Registry, host_matches, resolve_host};
+use super::services::{Registry, host_matches, resolve_host, with_delegates};
 use super::tls::{ServerCertificate, downstream_simple};
 
 /// A Gateway that selects the proxy: `selector` labels all among the proxy's.
@@ -307,7 +307,7 @@ fn tcp_chain(
         let vs_ns = object.metadata.namespace();
         for s in servers
             .iter()
-            .filter(|s| s.tcp() && s.bound(&ctx.proxy.namespace, vs_ns, vs))
+            .filter(|s| s.tcp() && s.bound(&ctx.proxy.namespace, vs_ns, &vs))
         {
             let exposed = vs
                 .hosts
@@ -355,11 +355,14 @@ fn tcp_chain(
     None
 }
 
-fn virtual_services(config: &Config) -> impl Iterator<Item = (&Object, &VirtualService)> {
+/// Every VirtualService, its delegates merged in.
+fn virtual_services(
+    config: &Config,
+) -> impl Iterator<Item = (&Object, std::borrow::Cow<'_, VirtualService>)> {
     config
         .of_kind(Kind::VirtualService)
-        .filter_map(|o| match &o.spec {
-            Spec::VirtualService(vs) => Some((o, vs.as_ref())),
+        .filter_map(move |o| match &o.spec {
+            Spec::VirtualService(vs) => Some((o, with_delegates(config, o, vs))),
             _ => None,
         })
 }
@@ -418,7 +421,7 @@ fn route_config(
         let vs_ns = object.metadata.namespace();
         for s in servers
             .iter()
-            .filter(|s| s.bound(&ctx.proxy.namespace, vs_ns, vs))
+            .filter(|s| s.bound(&ctx.proxy.namespace, vs_ns, &vs))
         {
             let applies = |m: &mesh::networking::HttpMatchRequest| {
                 m.gateways.is_empty() || m.gateways.iter().any(|g| s.named_by(vs_ns, g))
@@ -435,7 +438,7 @@ fn route_config(
                 }
                 let i = vhost(&host, &mut virtual_hosts);
                 let routes = &mut virtual_hosts[i].routes;
-                let mut more = vs_routes(registry, object, vs, port, applies);
+                let mut more = vs_routes(registry, object, &vs, port, applies);
                 for r in &mut more {
                     set_hash_policy(ctx, registry, r);
                 }
@@ -727,6 +730,106 @@ spec:
                 ("shop.example.com", 2, all),
                 ("redirected.example.com", 0, all)
             ]
+        );
+    }
+
+    /// The reference page's delegation example (namespaces lower-cased: `nsA` is no
+    /// Kubernetes namespace): the root binds the host to the gateway, each delegate brings its
+    /// routes, narrowed by the root's prefix, with short names resolved in its own namespace.
+    #[test]
+    fn delegated_routes_are_merged_under_the_roots_matches() {
+        let config = config(
+            "
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway, namespace: default}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: [bookinfo.com]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bookinfo, namespace: default}
+spec:
+  hosts: [bookinfo.com]
+  gateways: [mygateway]
+  http:
+  - match: [{uri: {prefix: /productpage}}]
+    timeout: 5s
+    delegate: {name: productpage, namespace: nsa}
+  - match: [{uri: {prefix: /reviews}}]
+    delegate: {name: reviews, namespace: nsb}
+  - match: [{uri: {prefix: /hidden}}]
+    delegate: {name: hidden, namespace: nsb}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: productpage, namespace: nsa}
+spec:
+  http:
+  - match: [{uri: {prefix: /productpage/v1/}}]
+    route: [{destination: {host: productpage-v1, port: {number: 9080}}}]
+  - match: [{uri: {prefix: /elsewhere}}]
+    route: [{destination: {host: nowhere, port: {number: 9080}}}]
+  - route: [{destination: {host: productpage.nsa.svc.cluster.local, port: {number: 9080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: nsb}
+spec:
+  http:
+  - route: [{destination: {host: reviews.nsb.svc.cluster.local, port: {number: 9080}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hidden, namespace: nsb}
+spec:
+  exportTo: [.]
+  http:
+  - route: [{destination: {host: hidden, port: {number: 9080}}}]
+",
+        );
+        let r = generate(&config, &gateway("edge"));
+        let rc = r.routes.iter().find(|rc| rc.name == "http.80").unwrap();
+        let routes: Vec<(String, String, bool)> = rc.virtual_hosts[0]
+            .routes
+            .iter()
+            .map(|route| {
+                let prefix = match &route.r#match.as_ref().unwrap().path_specifier {
+                    Some(super::PathSpecifier::Prefix(p)) => p.clone(),
+                    other => format!("{other:?}"),
+                };
+                let Some(Action::Route(a)) = &route.action else {
+                    panic!("a route")
+                };
+                let Some(ClusterSpecifier::Cluster(c)) = &a.cluster_specifier else {
+                    panic!("one cluster")
+                };
+                (prefix, c.clone(), a.timeout.is_some_and(|t| t.seconds == 5))
+            })
+            .collect();
+        let route = |p: &str, c: &str, t: bool| (p.to_string(), c.to_string(), t);
+        assert_eq!(
+            routes,
+            [
+                // The root's timeout is inherited; `/elsewhere` is outside the root's prefix.
+                route(
+                    "/productpage/v1/",
+                    "outbound|9080||productpage-v1.nsa.svc.cluster.local",
+                    true
+                ),
+                route(
+                    "/productpage",
+                    "outbound|9080||productpage.nsa.svc.cluster.local",
+                    true
+                ),
+                route(
+                    "/reviews",
+                    "outbound|9080||reviews.nsb.svc.cluster.local",
+                    false
+                ),
+            ],
+            "the delegate not exported to the root's namespace is left out"
         );
     }
 }

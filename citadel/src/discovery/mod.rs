@@ -82,7 +82,11 @@ pub fn ads_source() -> ConfigSource {
 }
 
 /// VirtualServices bound to the mesh, with hosts resolved.
-pub type VirtualServices<'a> = Vec<(Vec<String>, &'a Object, &'a VirtualService)>;
+pub type VirtualServices<'a> = Vec<(
+    Vec<String>,
+    &'a Object,
+    std::borrow::Cow<'a, VirtualService>,
+)>;
 
 /// What translation reads for one proxy.
 pub struct Ctx<'a> {

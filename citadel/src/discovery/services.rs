@@ -2,6 +2,7 @@
 //! WorkloadEntries they select), plus the lookups translation needs — which services a proxy
 //! sees (`exportTo`, Sidecar egress hosts), host names resolved as Istio resolves them, and the
 //! DestinationRule and VirtualServices that apply to a host.
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use mesh::networking::{
@@ -426,11 +427,55 @@ pub fn destination_rule_for<'a>(
     None
 }
 
-/// The VirtualServices for the mesh that `proxy_ns` sees, with their hosts resolved.
+/// `vs` with its delegating routes replaced by the delegates' routes, as istiod merges them:
+/// a delegate is a VirtualService with no hosts, named by `delegate` (its namespace defaults
+/// to the root's), exported to the root's namespace; one that is missing or not exported
+/// drops just that route (logged). Short names in a delegate are its namespace's.
+pub fn with_delegates<'a>(
+    config: &'a Config,
+    object: &'a Object,
+    vs: &'a VirtualService,
+) -> Cow<'a, VirtualService> {
+    if !vs.http.iter().any(|r| r.delegate.is_some()) {
+        return Cow::Borrowed(vs);
+    }
+    let root_ns = object.metadata.namespace();
+    let delegate_of = |name: &str, ns: &str| {
+        let found = specs(config, Kind::VirtualService, |s| match s {
+            Spec::VirtualService(vs) => Some(vs.as_ref()),
+            _ => None,
+        })
+        .find(|(o, d)| {
+            o.metadata.name == name && o.metadata.namespace() == ns && d.hosts.is_empty()
+        });
+        let Some((o, d)) = found else {
+            tracing::warn!(root = %object.describe(), delegate = %format!("{ns}/{name}"), "delegate VirtualService not found (a delegate has no hosts); its route is left out");
+            return None;
+        };
+        let exported = d.export_to.is_empty()
+            || d.export_to
+                .iter()
+                .any(|e| e == "*" || e == root_ns || (e == "." && ns == root_ns));
+        if !exported {
+            tracing::warn!(root = %object.describe(), delegate = %format!("{ns}/{name}"), "delegate VirtualService not exported to the root's namespace; its route is left out");
+            return None;
+        }
+        Some((o.metadata.namespace(), d))
+    };
+    Cow::Owned(mesh::networking::delegate::merge_delegates(
+        vs,
+        root_ns,
+        delegate_of,
+        resolve_host,
+    ))
+}
+
+/// The VirtualServices for the mesh that `proxy_ns` sees, with their hosts resolved and their
+/// delegates merged in.
 pub fn mesh_virtual_services<'a>(
     config: &'a Config,
     proxy_ns: &str,
-) -> Vec<(Vec<String>, &'a Object, &'a VirtualService)> {
+) -> Vec<(Vec<String>, &'a Object, Cow<'a, VirtualService>)> {
     specs(config, Kind::VirtualService, |s| match s {
         Spec::VirtualService(vs) => Some(vs.as_ref()),
         _ => None,
@@ -450,7 +495,7 @@ pub fn mesh_virtual_services<'a>(
             .iter()
             .map(|h| resolve_host(h, o.metadata.namespace()))
             .collect();
-        (hosts, o, vs)
+        (hosts, o, with_delegates(config, o, vs))
     })
     .collect()
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+pub mod delegate;
 pub mod destination_rule;
 pub mod gateway;
 pub mod service_entry;

@@ -102,12 +102,10 @@ fn gateway_name(report: &mut Report, path: &Path, g: &str) {
 
 fn http_route(report: &mut Report, path: &Path, r: &HttpRoute, in_delegate: bool) {
     let has_route = !r.route.is_empty();
-    if r.delegate.is_some() {
-        // Refused rather than ignored: the root's matches would route nowhere.
-        report.error(
-            &path.field("delegate"),
-            "delegate VirtualServices are not supported by citadel yet; put the routes in the root VirtualService",
-        );
+    if let Some(d) = &r.delegate {
+        if d.name.is_empty() {
+            report.error(&path.field("delegate").field("name"), "required");
+        }
         if in_delegate {
             report.error(
                 &path.field("delegate"),
