@@ -11,8 +11,7 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, Route, RouteConfiguration, RouteMatch, VirtualHost,
-    route_match::PathSpecifier,
+    DirectResponseAction, Route, RouteConfiguration, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use mesh::networking::{Gateway, Server, ServerTlsMode, VirtualService};
@@ -22,7 +21,7 @@ use super::Ctx;
 use super::credentials::Credentials;
 use super::listeners::{gateway_hcm, listener, tcp_proxy, tls_inspector, weighted_clusters};
 use super::rbac;
-use super::routes::{set_hash_policy, vs_routes};
+use super::routes::{prefix, set_hash_policy, vs_routes};
 use super::services::{Registry, host_matches, resolve_host, with_delegates};
 use super::tls::{ServerCertificate, downstream_simple};
 
@@ -458,10 +457,7 @@ fn route_config(
             domains: vec!["*".into()],
             routes: vec![Route {
                 name: "default".into(),
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
-                    ..Default::default()
-                }),
+                r#match: Some(prefix("/")),
                 action: Some(Action::DirectResponse(DirectResponseAction {
                     status: 404,
                     ..Default::default()
@@ -796,7 +792,7 @@ spec:
             .iter()
             .map(|route| {
                 let prefix = match &route.r#match.as_ref().unwrap().path_specifier {
-                    Some(super::PathSpecifier::Prefix(p)) => p.clone(),
+                    Some(envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(p)) => p.clone(),
                     other => format!("{other:?}"),
                 };
                 let Some(Action::Route(a)) = &route.action else {

@@ -11,8 +11,7 @@ use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
-use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -597,10 +596,7 @@ fn inbound_chains(ctx: &Ctx<'_>, p: &InboundPort) -> Vec<FilterChain> {
                     domains: vec!["*".into()],
                     routes: vec![Route {
                         name: "default".into(),
-                        r#match: Some(RouteMatch {
-                            path_specifier: Some(PathSpecifier::Prefix("/".into())),
-                            ..Default::default()
-                        }),
+                        r#match: Some(super::routes::prefix("/")),
                         action: Some(Action::Route(RouteAction {
                             cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.clone())),
                             timeout: Some(duration(std::time::Duration::ZERO)),

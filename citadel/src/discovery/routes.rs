@@ -200,7 +200,8 @@ fn domains(s: &Service, port: u32, proxy_ns: &str) -> Vec<String> {
     out
 }
 
-fn prefix(p: &str) -> RouteMatch {
+/// A match on the path prefix `p`.
+pub fn prefix(p: &str) -> RouteMatch {
     RouteMatch {
         path_specifier: Some(PathSpecifier::Prefix(p.into())),
         ..Default::default()

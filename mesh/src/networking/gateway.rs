@@ -32,18 +32,8 @@ pub struct Server {
     pub name: Option<String>,
 }
 
-/// `Port` of a gateway server.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServerPort {
-    #[serde(default)]
-    pub number: u32,
-    #[serde(default)]
-    pub protocol: String,
-    #[serde(default)]
-    pub name: String,
-    pub target_port: Option<u32>,
-}
+/// `Port` of a gateway server: the same fields as a ServiceEntry's port.
+pub type ServerPort = super::ServicePort;
 
 impl Server {
     /// The server's hosts split into (namespace filter, host): `*` for any namespace, `.` for
