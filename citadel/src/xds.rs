@@ -25,7 +25,8 @@ use crate::service::CaService;
 
 /// A configuration ready to translate: the snapshot, its service registry (built once), and the
 /// resources of each proxy class, translated and encoded once and shared by its streams.
-#[derive(Debug, Default)]
+/// No derived `Debug`: its publications hold gateway and origination private keys.
+#[derive(Default)]
 pub struct Prepared {
     pub snapshot: Arc<Snapshot>,
     pub registry: Registry,
@@ -34,6 +35,16 @@ pub struct Prepared {
     /// did, and that configuration, whose classes this one's then derive from (istiod's
     /// incremental EDS). The one before is dropped once its successor is prepared.
     endpoint_change: Option<EndpointChange>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let classes = self.classes.lock().map(|c| c.len()).unwrap_or(0);
+        f.debug_struct("Prepared")
+            .field("revision", &self.snapshot.revision)
+            .field("classes", &classes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Hosts whose endpoints alone changed, and the configuration they changed from.

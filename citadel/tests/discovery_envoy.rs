@@ -990,10 +990,49 @@ stringData:
             "kubernetes://simple-cacert"
         ]
     );
-    for host in ["mutual.example.com", "simple.example.com"] {
+    // Each cluster's TLS context names the Secrets, fetched on the ADS stream.
+    for (host, cert, ca) in [
+        (
+            "mutual.example.com",
+            Some("kubernetes://client-credential"),
+            "kubernetes://client-credential-cacert",
+        ),
+        ("simple.example.com", None, "kubernetes://simple-cacert"),
+    ] {
+        use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as TsConfig;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
         let c = cluster(&r, &format!("outbound|80||{host}"));
-        let ts = format!("{:?}", c.transport_socket);
-        assert!(ts.contains("UpstreamTlsContext"), "{host}: {ts}");
+        let Some(TsConfig::TypedConfig(any)) = &c.transport_socket.as_ref().unwrap().config_type
+        else {
+            panic!("{host}: a TLS context")
+        };
+        let common = UpstreamTlsContext::decode(any.value.as_slice())
+            .unwrap()
+            .common_tls_context
+            .unwrap();
+        let from_ads = |s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig| {
+            matches!(
+                s.sds_config.as_ref().and_then(|c| c.config_source_specifier.as_ref()),
+                Some(ConfigSourceSpecifier::Ads(_))
+            )
+        };
+        let certs: Vec<&str> = common
+            .tls_certificate_sds_secret_configs
+            .iter()
+            .inspect(|s| assert!(from_ads(s), "{host}"))
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(certs, cert.into_iter().collect::<Vec<_>>(), "{host}");
+        let Some(ValidationContextType::CombinedValidationContext(v)) =
+            &common.validation_context_type
+        else {
+            panic!("{host}: the CA from the store")
+        };
+        let sds = v.validation_context_sds_secret_config.as_ref().unwrap();
+        assert_eq!(sds.name, ca, "{host}");
+        assert!(from_ads(sds), "{host}");
     }
     let mut bootstrap = static_bootstrap(&r, node.clone());
     with_static_secrets(&mut bootstrap, &r);
@@ -1012,7 +1051,23 @@ stringData:
         }),
         ..node
     };
-    let r = generate(&loaded.config, &Proxy::from_node(&impostor).unwrap());
+    let (entitled, impostor) = (
+        Proxy::from_node(&sidecar(
+            "198.18.0.5",
+            "default",
+            "client",
+            &[("app", "client")],
+        ))
+        .unwrap(),
+        Proxy::from_node(&impostor).unwrap(),
+    );
+    // Nor do they share a class with the entitled proxy, whose resources hold keys.
+    let registry = citadel::discovery::services::Registry::build(&loaded.config);
+    assert_ne!(
+        citadel::discovery::class_of(&loaded.config, &registry, &entitled),
+        citadel::discovery::class_of(&loaded.config, &registry, &impostor)
+    );
+    let r = generate(&loaded.config, &impostor);
     assert!(r.secrets.is_empty());
     assert!(
         !r.clusters

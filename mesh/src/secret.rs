@@ -57,10 +57,10 @@ impl fmt::Debug for Secret {
 }
 
 impl Secret {
-    /// The decoded value of `key`.
+    /// The decoded value of `key`; an empty value counts as none, as istiod reads them.
     pub fn value(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
         if let Some(v) = self.string_data.get(key) {
-            return Ok(Some(v.as_bytes().to_vec()));
+            return Ok(Some(v.as_bytes().to_vec()).filter(|v| !v.is_empty()));
         }
         self.data
             .get(key)
@@ -70,12 +70,14 @@ impl Secret {
                     .map_err(|e| format!("not base64: {e}"))
             })
             .transpose()
+            .map(|v| v.filter(|v| !v.is_empty()))
     }
 
-    /// The CA certificates a client trusts, if the Secret carries them: `ca.crt` (what
-    /// `kubectl create secret generic --from-file=ca.crt` writes), else Istio's `cacert`.
+    /// The CA certificates a client trusts, if the Secret carries them, in istiod's order:
+    /// Istio's `cacert`, else `ca.crt` (what `kubectl create secret generic --from-file=ca.crt`
+    /// and cert-manager write).
     pub fn ca_certificate(&self) -> Result<Option<Vec<u8>>, String> {
-        for key in ["ca.crt", "cacert"] {
+        for key in ["cacert", "ca.crt"] {
             if let Some(v) = self.value(key).map_err(|e| format!("data[{key}]: {e}"))? {
                 return Ok(Some(v));
             }
@@ -83,9 +85,10 @@ impl Secret {
         Ok(None)
     }
 
-    /// The certificate and key a gateway serves: `tls.crt`/`tls.key`, else `cert`/`key`.
+    /// The certificate and key, in istiod's order: Istio's `cert`/`key`, else `tls.crt`/`tls.key`
+    /// (`kubectl create secret tls`).
     pub fn tls_credential(&self) -> Result<TlsCredential, String> {
-        for (cert, key) in [("tls.crt", "tls.key"), ("cert", "key")] {
+        for (cert, key) in [("cert", "key"), ("tls.crt", "tls.key")] {
             let read = |k: &str| self.value(k).map_err(|e| format!("data[{k}]: {e}"));
             if let (Some(certificate_chain), Some(private_key)) = (read(cert)?, read(key)?) {
                 return Ok(TlsCredential {
@@ -94,6 +97,6 @@ impl Secret {
                 });
             }
         }
-        Err("has no certificate and key (tls.crt and tls.key, or cert and key)".into())
+        Err("has no certificate and key (cert and key, or tls.crt and tls.key)".into())
     }
 }

@@ -133,8 +133,8 @@ pub fn outbound_of(ctx: &Ctx<'_>, services: &[&Service]) -> Clusters {
     out
 }
 
-/// The store Secrets a SIMPLE or MUTUAL origination with `credentialName` uses: its CA (none:
-/// the system bundle) and, for MUTUAL, its client certificate.
+/// The store Secrets a SIMPLE or MUTUAL origination with `credentialName` uses: its CA
+/// (required unless `insecureSkipVerify`) and, for MUTUAL, its client certificate.
 fn store_credentials(
     ctx: &Ctx<'_>,
     credentials: &mut Credentials,
@@ -154,7 +154,7 @@ fn store_credentials(
     let ca = if tls.insecure_skip_verify == Some(true) {
         None
     } else {
-        credentials.ca(ctx, name)?
+        Some(credentials.ca(ctx, name)?)
     };
     Ok(Some(StoreCredentials { certificate, ca }))
 }

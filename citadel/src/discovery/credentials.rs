@@ -57,6 +57,7 @@ impl Credentials {
         name: &str,
         selector: Option<&BTreeMap<String, String>>,
     ) -> Result<String, String> {
+        let name = secret_name(name)?;
         let sds = format!("{PREFIX}{name}");
         if self.done.contains(&sds) {
             return Ok(sds);
@@ -79,32 +80,28 @@ impl Credentials {
         Ok(sds)
     }
 
-    /// The SDS name of credential `name`'s CA certificates, as istiod finds them: `ca.crt` or
-    /// `cacert` in Secret `name`, else in Secret `NAME-cacert`. `None` when neither has any.
-    pub fn ca(&mut self, ctx: &Ctx<'_>, name: &str) -> Result<Option<String>, String> {
+    /// The SDS name of credential `name`'s CA certificates, as istiod finds them: Secret
+    /// `NAME-cacert`, else Secret `NAME` (`cacert`, else `ca.crt`). A credential without CA
+    /// certificates is an error, never the system bundle: it names what to trust.
+    pub fn ca(&mut self, ctx: &Ctx<'_>, name: &str) -> Result<String, String> {
+        let name = secret_name(name)?;
         let sds = format!("{PREFIX}{name}{CA_SUFFIX}");
         if self.done.contains(&sds) {
-            return Ok(Some(sds));
+            return Ok(sds);
         }
         may_hold(ctx, None)?;
-        let own = find(ctx, name).ok();
-        let separate = find(ctx, &format!("{name}{CA_SUFFIX}")).ok();
-        if own.is_none() && separate.is_none() {
+        let separate = format!("{name}{CA_SUFFIX}");
+        let secret = find(ctx, &separate).or_else(|_| find(ctx, name))?;
+        let ca = secret.ca_certificate()?.ok_or_else(|| {
+            format!("no CA certificates (cacert or ca.crt) in Secret {separate} or {name}")
+        })?;
+        let parsed = std::str::from_utf8(&ca)
+            .ok()
+            .and_then(|t| pki::pem::parse_certificates(t).ok());
+        if parsed.is_none_or(|certs| certs.is_empty()) {
             return Err(format!(
-                "no Secret {name} (or {name}{CA_SUFFIX}) in namespace {}",
-                ctx.proxy.namespace
+                "the CA certificates of {name} are not PEM certificates"
             ));
-        }
-        let mut ca = None;
-        for secret in own.into_iter().chain(separate) {
-            if let Some(bytes) = secret.ca_certificate()? {
-                ca = Some(bytes);
-                break;
-            }
-        }
-        let Some(ca) = ca else { return Ok(None) };
-        if !String::from_utf8_lossy(&ca).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(format!("the CA of {name} is not PEM certificates"));
         }
         self.push(Secret {
             name: sds.clone(),
@@ -115,7 +112,7 @@ impl Credentials {
                 },
             )),
         });
-        Ok(Some(sds))
+        Ok(sds)
     }
 
     fn push(&mut self, secret: Secret) {
@@ -124,29 +121,39 @@ impl Credentials {
     }
 }
 
-/// Whether the proxy may hold its namespace's Secrets: the WorkloadEntry it names
-/// (`WORKLOAD_NAME` in its namespace) has the service account its SVID proves, and labels
-/// `selector` selects when one is given.
-fn may_hold(ctx: &Ctx<'_>, selector: Option<&BTreeMap<String, String>>) -> Result<(), String> {
-    let p = ctx.proxy;
-    let ok = ctx
-        .config
+/// What entitles a proxy to its namespace's Secrets: the service account and labels of the
+/// WorkloadEntry it names (`WORKLOAD_NAME` in its namespace) when that entry has the service
+/// account the proxy's SVID proves. Proxies with the same holder are entitled alike, so it is
+/// part of their class: resources with keys are never shared with a proxy that lacks them.
+pub type Holder = (String, BTreeMap<String, String>);
+
+/// The proxy's [`Holder`], if its WorkloadEntry exists with its service account.
+pub fn holder(config: &mesh::Config, p: &super::proxy::Proxy) -> Option<Holder> {
+    config
         .of_kind(Kind::WorkloadEntry)
-        .any(|o| match &o.spec {
+        .find_map(|o| match &o.spec {
             Spec::WorkloadEntry(we) => {
                 let sa = if we.service_account.is_empty() {
                     "default"
                 } else {
                     we.service_account.as_str()
                 };
-                o.metadata.namespace() == p.namespace
+                (o.metadata.namespace() == p.namespace
                     && o.metadata.name == p.workload_name
-                    && sa == p.service_account
-                    && selector
-                        .is_none_or(|sel| sel.iter().all(|(k, v)| we.labels.get(k) == Some(v)))
+                    && sa == p.service_account)
+                    .then(|| (sa.to_string(), we.labels.clone()))
             }
-            _ => false,
-        });
+            _ => None,
+        })
+}
+
+/// Whether the proxy may hold its namespace's Secrets: it has a [`Holder`], whose labels
+/// `selector` selects when one is given.
+fn may_hold(ctx: &Ctx<'_>, selector: Option<&BTreeMap<String, String>>) -> Result<(), String> {
+    let p = ctx.proxy;
+    let ok = holder(ctx.config, p).is_some_and(|(_, labels)| {
+        selector.is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    });
     if ok {
         Ok(())
     } else {
@@ -155,6 +162,18 @@ fn may_hold(ctx: &Ctx<'_>, selector: Option<&BTreeMap<String, String>>) -> Resul
             p.namespace, p.workload_name, p.service_account
         ))
     }
+}
+
+/// The Secret a `credentialName` names: a name, or Istio's explicit `kubernetes://NAME`. A
+/// Secret of another namespace (`kubernetes://NS/NAME`) is not the proxy's to read.
+fn secret_name(credential: &str) -> Result<&str, String> {
+    let name = credential.strip_prefix(PREFIX).unwrap_or(credential);
+    if name.is_empty() || name.contains('/') || name.contains("://") {
+        return Err(format!(
+            "{credential:?}: name a Secret in the proxy's own namespace"
+        ));
+    }
+    Ok(name)
 }
 
 fn find<'a>(ctx: &Ctx<'a>, name: &str) -> Result<&'a mesh::secret::Secret, String> {

@@ -165,6 +165,8 @@ pub struct ProxyClass {
     authz: Vec<usize>,
     /// For a gateway, the Gateways that select it (their addresses within the snapshot).
     gateways: Vec<usize>,
+    /// What entitles the proxy to its namespace's Secrets (`credentialName`), if anything.
+    holder: Option<credentials::Holder>,
 }
 
 /// The class of `proxy` in `config`.
@@ -190,6 +192,7 @@ pub fn class_of(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyCla
             .map(|p| std::ptr::from_ref(p.policy) as usize)
             .collect(),
         gateways,
+        holder: credentials::holder(config, proxy),
     }
 }
 

@@ -205,7 +205,8 @@ pub fn downstream_mtls() -> TransportSocket {
 }
 
 /// A DestinationRule's `credentialName`, resolved: the SDS names of its client certificate
-/// (MUTUAL) and CA certificates (none: the system bundle), served on the ADS stream.
+/// (MUTUAL) and CA certificates (none only with `insecureSkipVerify`), served on the ADS
+/// stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreCredentials {
     pub certificate: Option<String>,

@@ -1,8 +1,9 @@
 //! VirtualService delegation, as istiod merges it before translating: a root HTTP route with
 //! `delegate` becomes the delegate's routes, each with its matches narrowed by the root's (a
 //! delegate match must fit inside a root match: same exact value, or a prefix or exact value
-//! under the root's prefix; regex conflicts), and with the root's timeout, retries, rewrite,
-//! fault, mirror, CORS and headers where it sets none. A delegate route with no match that
+//! under the root's prefix; regex conflicts; source labels, source namespace and gateways
+//! inherited and never widened), and with the root's timeout, retries, rewrite, fault,
+//! mirrors, direct response, CORS and headers where it sets none. A delegate route with no match that
 //! fits is dropped.
 use super::{HttpMatchRequest, HttpRoute, StringMatch, VirtualService};
 
@@ -28,8 +29,11 @@ pub fn merge_delegates<'a>(
             continue;
         };
         for sub in &child.http {
-            if let Some(mut m) = merge_route(route, sub) {
-                resolve_hosts(&mut m, |h| resolve(h, child_ns));
+            // The delegate's own short names are its namespace's; what it inherits from the
+            // root stays the root's.
+            let mut sub = sub.clone();
+            resolve_hosts(&mut sub, |h| resolve(h, child_ns));
+            if let Some(m) = merge_route(route, &sub) {
                 merged.http.push(m);
             }
         }
@@ -64,6 +68,10 @@ pub fn merge_route(root: &HttpRoute, sub: &HttpRoute) -> Option<HttpRoute> {
     out.retries = out.retries.or_else(|| root.retries.clone());
     out.fault = out.fault.or_else(|| root.fault.clone());
     out.mirror = out.mirror.or_else(|| root.mirror.clone());
+    if out.mirrors.is_empty() {
+        out.mirrors = root.mirrors.clone();
+    }
+    out.direct_response = out.direct_response.or_else(|| root.direct_response.clone());
     out.mirror_percent = out.mirror_percent.or(root.mirror_percent);
     out.mirror_percentage = out.mirror_percentage.or(root.mirror_percentage);
     out.cors_policy = out.cors_policy.or_else(|| root.cors_policy.clone());
@@ -116,6 +124,18 @@ fn merge_match(root: &HttpMatchRequest, sub: &HttpMatchRequest) -> HttpMatchRequ
         }
     }
     out.port = out.port.or(root.port);
+    for (k, v) in &root.source_labels {
+        out.source_labels
+            .entry(k.clone())
+            .or_insert_with(|| v.clone());
+    }
+    if out.gateways.is_empty() {
+        out.gateways = root.gateways.clone();
+    }
+    out.source_namespace = out
+        .source_namespace
+        .or_else(|| root.source_namespace.clone());
+    out.stat_prefix = out.stat_prefix.or_else(|| root.stat_prefix.clone());
     out
 }
 
@@ -136,13 +156,22 @@ fn conflicts(root: &HttpMatchRequest, sub: &HttpMatchRequest) -> bool {
         || sub
             .without_headers
             .iter()
-            .any(|(k, v)| string_conflict(root.headers.get(k), Some(v)))
+            .any(|(k, v)| string_conflict(root.without_headers.get(k), Some(v)))
         || sub
             .query_params
             .iter()
             .any(|(k, v)| string_conflict(root.query_params.get(k), Some(v)))
         || root.ignore_uri_case != sub.ignore_uri_case
         || matches!((root.port, sub.port), (Some(r), Some(s)) if r != s)
+        || matches!((&root.source_namespace, &sub.source_namespace), (Some(r), Some(s)) if r != s)
+        || sub
+            .source_labels
+            .iter()
+            .any(|(k, v)| root.source_labels.get(k).is_some_and(|r| r != v))
+        // A delegate may narrow the gateways a root match names, never widen them.
+        || (!root.gateways.is_empty()
+            && !sub.gateways.is_empty()
+            && !sub.gateways.iter().all(|g| root.gateways.contains(g)))
 }
 
 /// Whether `sub` can not be narrower than `root`: regexes never nest; an exact root takes the
@@ -211,5 +240,73 @@ mod tests {
         );
         let open = merge_route(&root, &HttpRoute::default()).unwrap();
         assert_eq!(open.matches, root.matches, "no match: the root's");
+
+        // What the root's match limits, the delegate's match keeps.
+        let gated = HttpRoute {
+            matches: vec![HttpMatchRequest {
+                gateways: vec!["edge/public".into()],
+                source_labels: [("app".to_string(), "web".to_string())].into(),
+                ..prefix("/productpage")
+            }],
+            ..Default::default()
+        };
+        let merged = merge_route(&gated, &fits).unwrap();
+        assert_eq!(merged.matches[0].gateways, ["edge/public"]);
+        assert_eq!(merged.matches[0].source_labels["app"], "web");
+        let wider = HttpRoute {
+            matches: vec![HttpMatchRequest {
+                gateways: vec!["mesh".into()],
+                ..prefix("/productpage/v1")
+            }],
+            ..Default::default()
+        };
+        assert!(
+            merge_route(&gated, &wider).is_none(),
+            "may not widen the gateways"
+        );
+    }
+
+    #[test]
+    fn a_delegates_short_names_are_its_own_and_the_roots_stay_the_roots() {
+        use crate::networking::{Delegate, Destination, HttpRouteDestination};
+        let dest = |h: &str| Destination {
+            host: h.into(),
+            ..Default::default()
+        };
+        let root = VirtualService {
+            hosts: vec!["bookinfo.com".into()],
+            http: vec![HttpRoute {
+                delegate: Some(Delegate {
+                    name: "child".into(),
+                    namespace: None,
+                }),
+                mirror: Some(dest("shadow")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let child = VirtualService {
+            http: vec![HttpRoute {
+                route: vec![HttpRouteDestination {
+                    destination: dest("reviews"),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let merged = merge_delegates(
+            &root,
+            "root-ns",
+            |name, ns| (name == "child" && ns == "root-ns").then_some(("child-ns", &child)),
+            |h, ns| format!("{h}.{ns}"),
+        );
+        let r = &merged.http[0];
+        assert_eq!(r.route[0].destination.host, "reviews.child-ns");
+        assert_eq!(
+            r.mirror.as_ref().unwrap().host,
+            "shadow",
+            "inherited as written: the root's namespace resolves it"
+        );
     }
 }
