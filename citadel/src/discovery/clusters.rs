@@ -117,7 +117,7 @@ pub fn build(ctx: &Ctx<'_>, services: &[&Service]) -> Clusters {
 pub fn outbound_of(ctx: &Ctx<'_>, services: &[&Service]) -> Clusters {
     let mut out = Clusters::default();
     for service in services {
-        let dr = destination_rule_for(ctx.config, &ctx.proxy.namespace, service);
+        let dr = destination_rule_for(ctx.config, ctx.proxy, service);
         for port in &service.ports {
             let base =
                 Policy::default().apply(dr.and_then(|d| d.traffic_policy.as_ref()), port.number);
@@ -601,7 +601,7 @@ pub fn consistent_hash<'a>(
     subset: &str,
     port: u32,
 ) -> Option<&'a mesh::networking::ConsistentHashLb> {
-    let dr = destination_rule_for(ctx.config, &ctx.proxy.namespace, service)?;
+    let dr = destination_rule_for(ctx.config, ctx.proxy, service)?;
     let base = Policy::default().apply(dr.traffic_policy.as_ref(), port);
     let policy = match dr.subsets.iter().find(|s| s.name == subset) {
         Some(s) => base.apply(s.traffic_policy.as_ref(), port),

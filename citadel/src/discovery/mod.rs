@@ -167,6 +167,8 @@ pub struct ProxyClass {
     gateways: Vec<usize>,
     /// What entitles the proxy to its namespace's Secrets (`credentialName`), if anything.
     holder: Option<credentials::Holder>,
+    /// The DestinationRules whose `workloadSelector` selects the proxy (their addresses).
+    destination_rules: Vec<usize>,
 }
 
 /// The class of `proxy` in `config`.
@@ -193,6 +195,16 @@ pub fn class_of(config: &Config, registry: &Registry, proxy: &Proxy) -> ProxyCla
             .collect(),
         gateways,
         holder: credentials::holder(config, proxy),
+        destination_rules: config
+            .of_kind(mesh::Kind::DestinationRule)
+            .filter(|o| match &o.spec {
+                mesh::Spec::DestinationRule(dr) => {
+                    services::selects_proxy(dr, o.metadata.namespace(), proxy)
+                }
+                _ => false,
+            })
+            .map(|o| std::ptr::from_ref(o) as usize)
+            .collect(),
     }
 }
 

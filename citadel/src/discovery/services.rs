@@ -386,35 +386,66 @@ pub fn sidecar_for<'a>(config: &'a Config, proxy: &Proxy) -> Option<&'a Sidecar>
         })
 }
 
-/// The DestinationRule for `host` seen from `proxy_ns`: the proxy's namespace first, then the
-/// service's, then the root namespace (Istio's precedence); exact hosts before wildcards.
+/// Whether `dr` (in `ns`) has a `workloadSelector` that selects the proxy: such a rule applies
+/// only to the workloads it selects in its own namespace, as in Istio.
+pub fn selects_proxy(dr: &DestinationRule, ns: &str, proxy: &Proxy) -> bool {
+    dr.workload_selector.as_ref().is_some_and(|sel| {
+        ns == proxy.namespace
+            && sel
+                .match_labels
+                .iter()
+                .all(|(k, v)| proxy.labels.get(k) == Some(v))
+    })
+}
+
+/// The DestinationRule for `host` seen from `proxy`: the proxy's namespace first (a rule whose
+/// `workloadSelector` selects the proxy before one without), then the service's, then the
+/// root namespace (Istio's precedence); exact hosts before wildcards. A rule with a selector
+/// applies to nothing else.
 pub fn destination_rule_for<'a>(
     config: &'a Config,
-    proxy_ns: &str,
+    proxy: &Proxy,
     service: &Service,
 ) -> Option<&'a DestinationRule> {
-    let rules: Vec<(&Object, &DestinationRule)> =
-        specs(config, Kind::DestinationRule, |s| match s {
-            Spec::DestinationRule(dr) => Some(dr.as_ref()),
-            _ => None,
-        })
+    let proxy_ns = proxy.namespace.as_str();
+    let all: Vec<(&Object, &DestinationRule)> = specs(config, Kind::DestinationRule, |s| match s {
+        Spec::DestinationRule(dr) => Some(dr.as_ref()),
+        _ => None,
+    })
+    .filter(|(o, dr)| {
+        let ns = o.metadata.namespace();
+        dr.export_to.is_empty()
+            || dr
+                .export_to
+                .iter()
+                .any(|e| e == "*" || e == proxy_ns || (e == "." && ns == proxy_ns))
+    })
+    .collect();
+    let (selecting, rules): (Vec<_>, Vec<_>) = all
+        .into_iter()
         .filter(|(o, dr)| {
-            let ns = o.metadata.namespace();
-            dr.export_to.is_empty()
-                || dr
-                    .export_to
-                    .iter()
-                    .any(|e| e == "*" || e == proxy_ns || (e == "." && ns == proxy_ns))
+            dr.workload_selector.is_none() || selects_proxy(dr, o.metadata.namespace(), proxy)
         })
-        .collect();
+        .partition(|(_, dr)| dr.workload_selector.is_some());
+    let resolved =
+        |dr: &DestinationRule, o: &Object| resolve_host(&dr.host, o.metadata.namespace());
+    if let Some((_, dr)) = selecting
+        .iter()
+        .find(|(o, dr)| resolved(dr, o) == service.hostname)
+        .or_else(|| {
+            selecting
+                .iter()
+                .find(|(o, dr)| host_matches(&resolved(dr, o), &service.hostname))
+        })
+    {
+        return Some(dr);
+    }
     for ns in [
         proxy_ns,
         service.namespace.as_str(),
         config.mesh.root_namespace.as_str(),
     ] {
         let here = || rules.iter().filter(|(o, _)| o.metadata.namespace() == ns);
-        let resolved =
-            |dr: &DestinationRule, o: &Object| resolve_host(&dr.host, o.metadata.namespace());
         if let Some((_, dr)) = here().find(|(o, dr)| resolved(dr, o) == service.hostname) {
             return Some(dr);
         }
@@ -515,5 +546,65 @@ mod tests {
         assert!(host_matches("*.example.com", "api.example.com"));
         assert!(!host_matches("*.example.com", "example.com"));
         assert!(host_matches("*", "anything"));
+    }
+
+    #[test]
+    fn a_selecting_destination_rule_applies_to_the_workloads_it_selects_only() {
+        let (objects, problems) = mesh::load_str(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: app}
+spec: {hosts: [api.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: everyone, namespace: app}
+spec: {host: api.example.com, trafficPolicy: {tls: {mode: DISABLE}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: billing-only, namespace: app}
+spec:
+  host: api.example.com
+  workloadSelector: {matchLabels: {app: billing}}
+  trafficPolicy: {tls: {mode: SIMPLE}}
+",
+            None,
+        );
+        assert!(problems.iter().all(|p| !p.is_error()), "{problems:?}");
+        let config = Config {
+            objects: objects.into_iter().map(std::sync::Arc::new).collect(),
+            mesh: Default::default(),
+        };
+        let registry = Registry::build(&config);
+        let service = registry.find("api.example.com").unwrap();
+        let proxy = |ns: &str, app: &str| Proxy {
+            kind: super::super::proxy::ProxyType::Sidecar,
+            id: format!("sidecar~198.18.0.9~p.{ns}~{ns}.svc.cluster.local"),
+            namespace: ns.into(),
+            service_account: "default".into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+            ips: vec!["198.18.0.9".parse().unwrap()],
+            workload_name: "p".into(),
+            interception: super::super::proxy::Interception::Redirect,
+        };
+        let mode = |p: &Proxy| {
+            destination_rule_for(&config, p, service)
+                .and_then(|dr| dr.traffic_policy.as_ref()?.tls.as_ref())
+                .map(|t| t.mode)
+        };
+        use mesh::networking::ClientTlsMode;
+        assert_eq!(mode(&proxy("app", "billing")), Some(ClientTlsMode::Simple));
+        assert_eq!(mode(&proxy("app", "web")), Some(ClientTlsMode::Disable));
+        assert_eq!(
+            mode(&proxy("other", "billing")),
+            Some(ClientTlsMode::Disable),
+            "a selector selects in its own namespace only"
+        );
+        assert_ne!(
+            super::super::class_of(&config, &registry, &proxy("app", "billing")),
+            super::super::class_of(&config, &registry, &proxy("app", "web")),
+            "a selecting rule makes its own class"
+        );
     }
 }
