@@ -803,7 +803,7 @@ fn gateway_resources_are_accepted_by_envoy() {
     let (cert_file, key_file) = (certs.path().join("c.pem"), certs.path().join("k.pem"));
     std::fs::write(&cert_file, &cert_pem).unwrap();
     std::fs::write(&key_file, &key_pem).unwrap();
-    let indent = |pem: &str| pem.trim().replace('\n', "\n    ");
+    let indent = testkit::certs::yaml_block;
     let dir = config_dir(&["gateway-ingress-httpbin.yaml", "tcp-echo-all-v1.yaml"]);
     std::fs::write(
         dir.path().join("gateway.yaml"),
@@ -921,7 +921,7 @@ spec:
 #[test]
 fn store_credentials_originate_tls_and_envoy_accepts_them() {
     let (cert, key) = testkit::certs::server_credential("client.example.com");
-    let indent = |pem: &str| pem.trim().replace('\n', "\n    ");
+    let indent = testkit::certs::yaml_block;
     let dir = config_dir(&[]);
     std::fs::write(
         dir.path().join("egress.yaml"),

@@ -1466,12 +1466,9 @@ fn server_certificate(dir: &Path, host: &str) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// A PEM file's text, indented for a YAML block scalar under a two-space key.
+/// A PEM file's text as a YAML block scalar's lines.
 fn indented_pem(file: &Path) -> String {
-    std::fs::read_to_string(file)
-        .unwrap()
-        .trim()
-        .replace('\n', "\n    ")
+    testkit::certs::yaml_block(&std::fs::read_to_string(file).unwrap())
 }
 
 /// The secure-ingress task's certificate for `httpbin.example.com`, and the Secret

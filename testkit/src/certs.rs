@@ -36,3 +36,9 @@ pub fn server_credential(host: &str) -> (String, PrivateKey) {
         .unwrap();
     (pki::pem::encode_certificates(leaf.chain()), key)
 }
+
+/// PEM text as a YAML block scalar's lines under a two-space key (`  tls.crt: |`), for
+/// Secrets written into test configuration.
+pub fn yaml_block(pem: &str) -> String {
+    pem.trim().replace('\n', "\n    ")
+}

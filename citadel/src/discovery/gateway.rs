@@ -517,7 +517,7 @@ mod tests {
     }
 
     fn secret(name: &str, cert: &str, key: &str) -> String {
-        let indent = |pem: &str| pem.trim().replace('\n', "\n    ");
+        let indent = testkit::certs::yaml_block;
         format!(
             "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: edge}}\nstringData:\n  tls.crt: |\n    {}\n  tls.key: |\n    {}\n",
             indent(cert),
